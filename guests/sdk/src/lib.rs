@@ -1,0 +1,58 @@
+//! The guest SDK: Rust bindings for the `sandport:protocol` world.
+//!
+//! A protocol guest depends on this crate, implements [`Handler`] for a unit
+//! struct and registers it with [`export!`]:
+//!
+//! ```ignore
+//! use sandport_guest::{Handler, types::*};
+//! struct MyProtocol;
+//! impl Handler for MyProtocol { /* ... */ }
+//! sandport_guest::export!(MyProtocol);
+//! ```
+//!
+//! The bindings are generated once here from `wit/` so every guest of the
+//! workspace shares one copy of the contract.
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "protocol",
+    pub_export_macro: true,
+    export_macro_name: "export",
+    default_bindings_module: "sandport_guest",
+    additional_derives: [PartialEq, Eq],
+});
+
+/// The trait a protocol implements: the `handler` interface of the world.
+pub use exports::sandport::protocol::handler::Guest as Handler;
+/// Functions the host offers (`send`, `publish`, `subscribe`, ...).
+pub use sandport::protocol::host;
+/// Types shared with the host.
+pub use sandport::protocol::types;
+
+/// A message with only the fields most protocols set; fill in the rest with
+/// struct update syntax.
+pub fn message(topic: impl Into<String>, payload: impl Into<Vec<u8>>) -> types::Message {
+    types::Message {
+        topic: topic.into(),
+        payload: payload.into(),
+        headers: Vec::new(),
+        reply_to: None,
+        correlation: None,
+        content_type: None,
+        utf8_payload: false,
+        expiry_secs: None,
+        retain: false,
+        qos: types::Qos::AtMostOnce,
+    }
+}
+
+/// Subscription options for a plain `+`/`#` wildcard subscription at most once.
+pub fn wildcard_subscription() -> types::SubscribeOptions {
+    types::SubscribeOptions {
+        kind: types::FilterKind::Wildcard,
+        max_qos: types::Qos::AtMostOnce,
+        group: None,
+        no_local: false,
+        retained: types::RetainedHandling::Send,
+    }
+}

@@ -1,0 +1,295 @@
+//! The broker: loads the protocols named in the config, opens the listeners,
+//! and shuts everything down gracefully.
+//!
+//! Start-up is all-or-nothing: every component is read, pinned, compiled and
+//! checked against the world before the first listener binds, so a bad
+//! protocol never leaves a half-started broker.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigError};
+use crate::kv::Kv;
+use crate::metrics::ProtocolMetrics;
+use crate::net::listener::ListenerTask;
+use crate::router::Router;
+use crate::sessions::Sessions;
+use crate::wasm::engine::{EpochClock, PoolSize, build_engine};
+use crate::wasm::protocol::{LoadError, Protocol, ProtocolEnv, build_linker};
+
+/// Broker version, reported to guests.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Pool slots kept beyond the listeners' caps, for `describe` at load time.
+const SPARE_INSTANCES: u32 = 16;
+
+/// State every connection shares.
+pub struct BrokerCore {
+    /// Subscriptions and fan-out.
+    pub router: Router,
+    /// Who holds which session.
+    pub sessions: Sessions,
+    /// Unique id of this broker process.
+    pub server_id: String,
+    next_connection: AtomicU64,
+}
+
+impl BrokerCore {
+    fn new() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let server_id = format!("SP{:016X}{:08X}", nanos as u64, std::process::id());
+        Self {
+            router: Router::default(),
+            sessions: Sessions::new(format!(
+                "sandport-{}",
+                &server_id[2..10].to_ascii_lowercase()
+            )),
+            server_id,
+            next_connection: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh connection id.
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot create the WebAssembly engine: {0}")]
+    Engine(String),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("listener `{listener}`: cannot bind {addr}: {source}")]
+    Bind {
+        listener: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A listener that is accepting.
+#[derive(Debug, Clone)]
+pub struct BoundListener {
+    /// Name from the config (or the bind address).
+    pub name: String,
+    /// The address actually bound (useful with port 0).
+    pub addr: SocketAddr,
+    /// Protocols served.
+    pub protocols: Vec<String>,
+}
+
+/// A running broker.
+pub struct Broker {
+    core: Arc<BrokerCore>,
+    protocols: BTreeMap<String, Arc<Protocol>>,
+    listeners: Vec<BoundListener>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    grace: Duration,
+    _clock: EpochClock,
+}
+
+impl Broker {
+    /// Load every protocol, bind every listener, and start accepting.
+    pub async fn start(config: &Config) -> Result<Broker, StartError> {
+        let instances = config
+            .listeners
+            .iter()
+            .map(|l| l.max_connections.saturating_mul(l.protocols.len() as u32))
+            .fold(SPARE_INSTANCES, u32::saturating_add);
+        let memory_bytes = config
+            .protocols
+            .values()
+            .map(|p| p.limits.memory_bytes)
+            .max()
+            .unwrap_or(1 << 20);
+        let engine = build_engine(PoolSize {
+            instances,
+            memory_bytes,
+        })
+        .map_err(|e| StartError::Engine(format!("{e:#}")))?;
+        let linker = build_linker(&engine).map_err(|e| StartError::Engine(format!("{e:#}")))?;
+        let clock =
+            EpochClock::start(engine.clone()).map_err(|e| StartError::Engine(e.to_string()))?;
+
+        let mut protocols = BTreeMap::new();
+        for (name, protocol_config) in &config.protocols {
+            let env = ProtocolEnv {
+                name: name.as_str().into(),
+                limits: protocol_config.limits.clone(),
+                grants: protocol_config.grants.clone(),
+                kv: Kv::new(protocol_config.grants.kv_quota_bytes),
+                metrics: ProtocolMetrics::default(),
+                guest_output_bytes: config.broker.guest_output_bytes,
+            };
+            let path = config.resolve(&protocol_config.component);
+            let protocol = Protocol::load(
+                &engine,
+                &linker,
+                env,
+                &path,
+                protocol_config.sha256.as_deref(),
+            )
+            .await?;
+            let d = &protocol.description;
+            tracing::info!(
+                protocol = name,
+                guest = %d.name,
+                version = %d.version,
+                framing = ?d.framing,
+                speaks_first = d.speaks_first,
+                sha256 = %protocol.sha256,
+                "protocol loaded"
+            );
+            protocols.insert(name.clone(), Arc::new(protocol));
+        }
+
+        let core = Arc::new(BrokerCore::new());
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut bound = Vec::new();
+        let mut tasks = Vec::new();
+        for listener_config in &config.listeners {
+            let name = listener_config.display_name();
+            let socket = TcpListener::bind(listener_config.bind)
+                .await
+                .map_err(|source| StartError::Bind {
+                    listener: name.clone(),
+                    addr: listener_config.bind,
+                    source,
+                })?;
+            let addr = socket.local_addr().map_err(|source| StartError::Bind {
+                listener: name.clone(),
+                addr: listener_config.bind,
+                source,
+            })?;
+            let candidates = listener_config
+                .protocols
+                .iter()
+                .map(|p| protocols[p].clone())
+                .collect();
+            tracing::info!(listener = name, %addr, protocols = ?listener_config.protocols, "listening");
+            bound.push(BoundListener {
+                name: name.clone(),
+                addr,
+                protocols: listener_config.protocols.clone(),
+            });
+            tasks.push(ListenerTask::new(
+                socket,
+                name.into(),
+                listener_config,
+                candidates,
+                core.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
+        // Only start accepting once every listener is bound.
+        for task in tasks {
+            tracker.spawn(task.run());
+        }
+        Ok(Broker {
+            core,
+            protocols,
+            listeners: bound,
+            shutdown,
+            tracker,
+            grace: Duration::from_millis(config.broker.shutdown_grace_ms),
+            _clock: clock,
+        })
+    }
+
+    /// The bound listeners.
+    pub fn listeners(&self) -> &[BoundListener] {
+        &self.listeners
+    }
+
+    /// Address of the listener named `name`.
+    pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.addr)
+    }
+
+    /// Counters of protocol `name`.
+    pub fn metrics(&self, name: &str) -> Option<&ProtocolMetrics> {
+        self.protocols.get(name).map(|p| &p.env.metrics)
+    }
+
+    /// Shared state (router, sessions).
+    pub fn core(&self) -> &Arc<BrokerCore> {
+        &self.core
+    }
+
+    /// Run until SIGINT or SIGTERM, then shut down.
+    pub async fn run_until_signal(self) {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        self.shutdown().await;
+    }
+
+    /// Stop accepting, ask every connection to close, and wait up to the
+    /// grace period for them.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = self.tracker.len(),
+                "grace period over; dropping remaining connections"
+            );
+        }
+        for (name, protocol) in &self.protocols {
+            let counters: Vec<String> = protocol
+                .env
+                .metrics
+                .snapshot()
+                .into_iter()
+                .filter(|(_, v)| *v > 0)
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            tracing::info!(protocol = name, "final counters: {}", counters.join(" "));
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,122 @@
+//! Command-line interface: `sandport run` and `sandport check`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::broker::Broker;
+use crate::config::{Config, Grants, Limits};
+use crate::kv::Kv;
+use crate::metrics::ProtocolMetrics;
+use crate::wasm::engine::{PoolSize, build_engine};
+use crate::wasm::protocol::{Protocol, ProtocolEnv, build_linker};
+
+/// Config used when `run` gets no `--config`.
+pub const DEFAULT_CONFIG: &str = "config/sandport.toml";
+
+/// sandport: a message broker whose protocols are WebAssembly components.
+#[derive(Debug, Parser)]
+#[command(name = "sandport", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the broker.
+    Run {
+        /// Config file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Load a guest component, check it against the sandport:protocol world,
+    /// and print what it describes.
+    Check {
+        /// The component (`.wasm`).
+        component: PathBuf,
+        /// Expected sha256 (hex); checked before compiling.
+        #[arg(long)]
+        sha256: Option<String>,
+    },
+}
+
+impl Cli {
+    /// Run the chosen command.
+    pub async fn execute(self) -> ExitCode {
+        match self.command {
+            Command::Run { config } => run(&config).await,
+            Command::Check { component, sha256 } => check(&component, sha256.as_deref()).await,
+        }
+    }
+}
+
+async fn run(config_path: &Path) -> ExitCode {
+    let config = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match Broker::start(&config).await {
+        Ok(broker) => {
+            broker.run_until_signal().await;
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn check(component: &Path, pin: Option<&str>) -> ExitCode {
+    match describe_component(component, pin).await {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Load `path` as the broker would and report what it is.
+pub async fn describe_component(path: &Path, pin: Option<&str>) -> Result<String, String> {
+    let limits = Limits::default();
+    let engine = build_engine(PoolSize {
+        instances: 4,
+        memory_bytes: limits.memory_bytes,
+    })
+    .map_err(|e| e.to_string())?;
+    let linker = build_linker(&engine).map_err(|e| e.to_string())?;
+    let name = path
+        .file_stem()
+        .map_or("guest".into(), |s| s.to_string_lossy().into_owned());
+    let env = ProtocolEnv {
+        name: name.as_str().into(),
+        kv: Kv::new(0),
+        limits,
+        grants: Grants::default(),
+        metrics: ProtocolMetrics::default(),
+        guest_output_bytes: 16 * 1024,
+    };
+    let protocol = Protocol::load(&engine, &linker, env, path, pin)
+        .await
+        .map_err(|e| e.to_string())?;
+    let d = &protocol.description;
+    Ok(format!(
+        "component: {}\nsha256: {}\nname: {}\nversion: {}\nframing: {:?}\nspeaks-first: {}\nimports: {}\n",
+        path.display(),
+        protocol.sha256,
+        d.name,
+        d.version,
+        d.framing,
+        d.speaks_first,
+        protocol.imports.join(", ")
+    ))
+}

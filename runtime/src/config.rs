@@ -1,0 +1,400 @@
+//! The broker config file: its schema, defaults and validation.
+//!
+//! The file is TOML. Every table rejects unknown keys, and every error names
+//! the file and the key (TOML syntax and type errors come with the line from
+//! the `toml` crate; cross-reference errors name the key path themselves).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::topic;
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Broker-wide settings.
+    #[serde(default)]
+    pub broker: BrokerSettings,
+    /// Where and how messages are stored.
+    #[serde(default)]
+    pub storage: Storage,
+    /// Sockets the broker accepts on.
+    #[serde(default, rename = "listeners")]
+    pub listeners: Vec<Listener>,
+    /// Protocol guests by name.
+    #[serde(default)]
+    pub protocols: BTreeMap<String, ProtocolConfig>,
+    /// Directory relative paths are resolved against (the config file's directory).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[broker]`: settings that are not per protocol.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSettings {
+    /// How long shutdown waits for connections to finish, in milliseconds.
+    pub shutdown_grace_ms: u64,
+    /// Bytes of stdout/stderr a guest may write per connection before the rest is dropped.
+    pub guest_output_bytes: usize,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            shutdown_grace_ms: 5_000,
+            guest_output_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    /// Storage engine. Only `memory` exists so far: nothing survives a restart.
+    pub engine: StorageEngine,
+    /// Directory for persistent data, relative to the config file.
+    pub data_dir: PathBuf,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Self {
+            engine: StorageEngine::Memory,
+            data_dir: PathBuf::from("data"),
+        }
+    }
+}
+
+/// Storage engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StorageEngine {
+    /// Everything in memory.
+    Memory,
+}
+
+/// One `[[listeners]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Name used in logs and passed to guests; defaults to the bind address.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Address to bind, e.g. `127.0.0.1:1883`.
+    pub bind: SocketAddr,
+    /// Protocols served here. With more than one the host probes each connection.
+    pub protocols: Vec<String>,
+    /// Most connections open on this listener; further clients wait in the
+    /// kernel's backlog (a permit is taken before `accept`).
+    #[serde(default = "default_listener_connections")]
+    pub max_connections: u32,
+    /// Most bytes read while probing for the protocol.
+    #[serde(default = "default_probe_bytes")]
+    pub probe_bytes: usize,
+    /// How long to wait for probe bytes; after this silence a speaks-first
+    /// protocol wins, or the connection is closed.
+    #[serde(default = "default_probe_timeout_ms")]
+    pub probe_timeout_ms: u64,
+}
+
+fn default_listener_connections() -> u32 {
+    10_000
+}
+
+fn default_probe_bytes() -> usize {
+    64
+}
+
+fn default_probe_timeout_ms() -> u64 {
+    2_000
+}
+
+impl Listener {
+    /// The listener's name for logs.
+    pub fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.bind.to_string())
+    }
+
+    /// The probe timeout.
+    pub fn probe_timeout(&self) -> Duration {
+        Duration::from_millis(self.probe_timeout_ms)
+    }
+}
+
+/// One `[protocols.NAME]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProtocolConfig {
+    /// Path of the component, relative to the config file.
+    pub component: PathBuf,
+    /// Expected sha256 of the component file, hex. Checked before compiling.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// What the guest may do.
+    #[serde(default)]
+    pub grants: Grants,
+}
+
+/// `[protocols.NAME.limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Most simultaneous connections of this protocol.
+    pub max_connections: u32,
+    /// Most linear memory one guest instance may grow to.
+    pub memory_bytes: usize,
+    /// Longest a single guest call may run, in milliseconds.
+    pub call_deadline_ms: u64,
+    /// Largest inbound frame; refused from its header, before it is buffered.
+    pub max_frame_bytes: u32,
+    /// Most bytes queued towards one client (guest output plus pending
+    /// deliveries). Beyond it at-most-once deliveries are dropped, and a guest
+    /// that sends more in one call is stopped.
+    pub outbound_buffer_bytes: usize,
+    /// Most bytes a guest may pass to the host in one call (publish payloads,
+    /// topics, keys), against floods.
+    pub call_input_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            memory_bytes: 16 * 1024 * 1024,
+            call_deadline_ms: 100,
+            max_frame_bytes: 1024 * 1024,
+            outbound_buffer_bytes: 4 * 1024 * 1024,
+            call_input_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// The per-call deadline.
+    pub fn call_deadline(&self) -> Duration {
+        Duration::from_millis(self.call_deadline_ms)
+    }
+}
+
+/// `[protocols.NAME.grants]`: canonical topic filters the guest may use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Grants {
+    /// A publish topic must match one of these filters.
+    pub publish: Vec<String>,
+    /// A subscription filter must be covered by one of these filters.
+    pub subscribe: Vec<String>,
+    /// Bytes of key-value data the protocol may keep (keys plus values).
+    pub kv_quota_bytes: usize,
+}
+
+impl Default for Grants {
+    fn default() -> Self {
+        Self {
+            publish: vec!["#".into()],
+            subscribe: vec!["#".into()],
+            kv_quota_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// A config file that cannot be used. The message names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{path}: `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
+        Self::parse(&text, path, base_dir)
+    }
+
+    /// Parse and validate config text; `path` is only used in errors.
+    pub fn parse(text: &str, path: &Path, base_dir: PathBuf) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(e),
+        })?;
+        config.base_dir = base_dir;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// Resolve a path from the config against the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    /// Cross-field checks serde cannot express. Returns the key path and why.
+    fn validate(&self) -> Result<(), (String, String)> {
+        if self.listeners.is_empty() {
+            return Err(("listeners".into(), "at least one listener is needed".into()));
+        }
+        for (i, listener) in self.listeners.iter().enumerate() {
+            let key = |field: &str| format!("listeners[{i}].{field}");
+            if listener.protocols.is_empty() {
+                return Err((key("protocols"), "lists no protocol".into()));
+            }
+            for name in &listener.protocols {
+                if !self.protocols.contains_key(name) {
+                    return Err((key("protocols"), format!("unknown protocol `{name}`")));
+                }
+            }
+            if listener.max_connections == 0 {
+                return Err((key("max_connections"), "must be at least 1".into()));
+            }
+            if listener.probe_bytes == 0 || listener.probe_bytes > 4096 {
+                return Err((key("probe_bytes"), "must be between 1 and 4096".into()));
+            }
+        }
+        for (name, protocol) in &self.protocols {
+            let key = |field: &str| format!("protocols.{name}.{field}");
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err((
+                    format!("protocols.{name}"),
+                    "names use a-z, 0-9, - and _".into(),
+                ));
+            }
+            if let Some(pin) = &protocol.sha256
+                && (pin.len() != 64 || !pin.chars().all(|c| c.is_ascii_hexdigit()))
+            {
+                return Err((key("sha256"), "must be 64 hex digits".into()));
+            }
+            let limits = &protocol.limits;
+            if limits.max_connections == 0 {
+                return Err((key("limits.max_connections"), "must be at least 1".into()));
+            }
+            if limits.memory_bytes < 64 * 1024 || limits.memory_bytes > 4 << 30 {
+                return Err((
+                    key("limits.memory_bytes"),
+                    "must be between 64 KiB and 4 GiB".into(),
+                ));
+            }
+            if limits.call_deadline_ms == 0 || limits.call_deadline_ms > 60_000 {
+                return Err((
+                    key("limits.call_deadline_ms"),
+                    "must be between 1 and 60000".into(),
+                ));
+            }
+            if limits.max_frame_bytes < 16 {
+                return Err((key("limits.max_frame_bytes"), "must be at least 16".into()));
+            }
+            if limits.outbound_buffer_bytes < limits.max_frame_bytes as usize {
+                return Err((
+                    key("limits.outbound_buffer_bytes"),
+                    "must be at least limits.max_frame_bytes".into(),
+                ));
+            }
+            for (field, filters) in [
+                ("grants.publish", &protocol.grants.publish),
+                ("grants.subscribe", &protocol.grants.subscribe),
+            ] {
+                for filter in filters {
+                    topic::validate_filter(filter)
+                        .map_err(|e| (key(field), format!("`{filter}`: {e}")))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"), PathBuf::new())
+    }
+
+    const MINIMAL: &str = r#"
+        [[listeners]]
+        bind = "127.0.0.1:0"
+        protocols = ["echo"]
+        [protocols.echo]
+        component = "echo.wasm"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = parse(MINIMAL).unwrap();
+        let echo = &config.protocols["echo"];
+        assert_eq!(echo.limits.max_connections, 10_000);
+        assert_eq!(echo.grants.publish, vec!["#".to_string()]);
+        assert_eq!(config.storage.engine, StorageEngine::Memory);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = MINIMAL.replace("component =", "max_conns = 3\ncomponent =");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("test.toml"), "{err}");
+        assert!(err.contains("max_conns"), "{err}");
+    }
+
+    #[test]
+    fn unknown_protocol_reference_is_named() {
+        let text = MINIMAL.replace(r#"protocols = ["echo"]"#, r#"protocols = ["nope"]"#);
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("listeners[0].protocols"), "{err}");
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn bad_grant_filter_is_named() {
+        let text = format!("{MINIMAL}\n[protocols.echo.grants]\npublish = [\"a/#/b\"]\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("protocols.echo.grants.publish"), "{err}");
+    }
+
+    #[test]
+    fn bad_pin_is_named() {
+        let text = MINIMAL.replace("component =", "sha256 = \"abc\"\ncomponent =");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("protocols.echo.sha256"), "{err}");
+    }
+}

@@ -1,0 +1,152 @@
+//! A connection's inbox: deliveries from the router, bounded in bytes, and a
+//! way for the rest of the broker to ask the connection to close.
+//!
+//! The router pushes without waiting; the connection task drains in batches.
+//! The byte bound is shared with the guest's own output, so one slow client
+//! costs the broker at most its `outbound_buffer_bytes`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+use tokio::sync::{Notify, mpsc};
+
+use crate::wasm::bindings::types::{Message, Qos};
+
+/// Overhead charged per queued delivery on top of topic and payload.
+const DELIVERY_OVERHEAD: usize = 64;
+
+/// One message routed to one subscription of a connection.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    /// Connection-local subscription id.
+    pub subscription: u32,
+    /// The message, shared by every subscriber.
+    pub message: Arc<Message>,
+    /// QoS after the subscription's ceiling.
+    pub qos: Qos,
+}
+
+impl Routed {
+    /// Bytes this delivery is charged against the outbound budget.
+    pub fn charge(&self) -> usize {
+        self.message.topic.len() + self.message.payload.len() + DELIVERY_OVERHEAD
+    }
+}
+
+/// Why the broker asks a connection to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// Another connection attached the same session.
+    SessionTakenOver,
+    /// The client does not read its deliveries fast enough.
+    SlowConsumer,
+}
+
+/// The sending side, held by the router for every subscription.
+pub struct Mailbox {
+    /// Connection id, for no-local and logs.
+    pub connection: u64,
+    tx: mpsc::UnboundedSender<Routed>,
+    queued_bytes: AtomicUsize,
+    limit: usize,
+    dropped: AtomicU64,
+    kick: Notify,
+    kick_reason: Mutex<Option<Kick>>,
+}
+
+/// The receiving side, owned by the connection task.
+pub struct Inbox {
+    rx: mpsc::UnboundedReceiver<Routed>,
+    mailbox: Arc<Mailbox>,
+}
+
+/// Outcome of a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// Over the byte bound: dropped and counted.
+    Dropped,
+}
+
+impl Mailbox {
+    /// A mailbox for `connection` holding at most `limit` bytes.
+    pub fn new(connection: u64, limit: usize) -> (Arc<Mailbox>, Inbox) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mailbox = Arc::new(Mailbox {
+            connection,
+            tx,
+            queued_bytes: AtomicUsize::new(0),
+            limit,
+            dropped: AtomicU64::new(0),
+            kick: Notify::new(),
+            kick_reason: Mutex::new(None),
+        });
+        (mailbox.clone(), Inbox { rx, mailbox })
+    }
+
+    /// Queue a delivery unless the connection is over its byte bound.
+    /// A client too slow for an at-least-once delivery is disconnected;
+    /// the durable queue that keeps such messages comes with sessions.
+    pub fn push(&self, routed: Routed) -> Pushed {
+        let charge = routed.charge();
+        let queued = self.queued_bytes.fetch_add(charge, Ordering::AcqRel);
+        if queued + charge > self.limit {
+            self.queued_bytes.fetch_sub(charge, Ordering::AcqRel);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            if routed.qos != Qos::AtMostOnce {
+                self.kick(Kick::SlowConsumer);
+            }
+            return Pushed::Dropped;
+        }
+        if self.tx.send(routed).is_err() {
+            // The connection is gone; nothing to charge.
+            self.queued_bytes.fetch_sub(charge, Ordering::AcqRel);
+            return Pushed::Dropped;
+        }
+        Pushed::Queued
+    }
+
+    /// Bytes of deliveries queued and not yet taken.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Acquire)
+    }
+
+    /// Deliveries dropped because the bound was reached.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Wait until the connection is asked to close; returns why.
+    pub async fn kicked(&self) -> Kick {
+        loop {
+            if let Some(reason) = *self.kick_reason.lock() {
+                return reason;
+            }
+            self.kick.notified().await;
+        }
+    }
+
+    /// Ask the connection to close. The first reason wins.
+    pub fn kick(&self, reason: Kick) {
+        let mut slot = self.kick_reason.lock();
+        if slot.is_none() {
+            *slot = Some(reason);
+        }
+        drop(slot);
+        self.kick.notify_one();
+    }
+}
+
+impl Inbox {
+    /// Take up to `max` deliveries, waiting for at least one.
+    /// Returns 0 only when every sender is gone.
+    pub async fn recv_batch(&mut self, into: &mut Vec<Routed>, max: usize) -> usize {
+        let n = self.rx.recv_many(into, max).await;
+        let released: usize = into[into.len() - n..].iter().map(Routed::charge).sum();
+        self.mailbox
+            .queued_bytes
+            .fetch_sub(released, Ordering::AcqRel);
+        n
+    }
+}

@@ -1,0 +1,53 @@
+//! Counters per protocol: connections, guest faults, traffic.
+//!
+//! Plain atomics, read by tests and logged at shutdown; an exporter can be
+//! put on top without touching the call sites.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($name:ident: $doc:literal,)*) => {
+        /// Counters of one protocol.
+        #[derive(Debug, Default)]
+        pub struct ProtocolMetrics {
+            $(#[doc = $doc] pub $name: AtomicU64,)*
+        }
+
+        impl ProtocolMetrics {
+            /// Current values, by name.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    connections_opened: "Connections handed to this protocol.",
+    connections_refused: "Connections refused at the connection cap.",
+    connections_active: "Connections open now.",
+    frames_in: "Frames passed to the guest.",
+    deliveries_out: "Deliveries passed to the guest.",
+    deliveries_dropped: "Deliveries dropped because a client's buffer was full.",
+    publishes: "Messages the guest published.",
+    faults_deadline: "Guest calls stopped at the deadline.",
+    faults_memory: "Guests that ran out of memory.",
+    faults_trap: "Guest traps (panics, unreachable, stack overflow).",
+    faults_violation: "Guests stopped for breaking host rules (floods, bad calls).",
+    framing_errors: "Connections closed for malformed or oversized frames.",
+}
+
+impl ProtocolMetrics {
+    /// Add one to `counter`.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The value of one counter by name.
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.snapshot()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+    }
+}

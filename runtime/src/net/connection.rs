@@ -1,0 +1,495 @@
+//! The task behind one client connection.
+//!
+//! It owns the socket and the guest instance. Bytes from the client are
+//! framed natively and handed to the guest in batches (`on-frames`);
+//! deliveries from the router are drained in batches (`on-deliver`); what the
+//! guest `send`s is written after each call. When the connection ends for any
+//! reason (client, guest, timeout, takeover, fault, shutdown) the host cleans
+//! up the same way: subscriptions removed, session released, will published.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{BrokerCore, VERSION};
+use crate::mailbox::{Inbox, Kick, Mailbox, Routed};
+use crate::metrics::ProtocolMetrics;
+use crate::net::framing::{Framing, FramingError};
+use crate::net::probe;
+use crate::wasm::bindings::types::{
+    CloseReason, ConnectionInfo, Delivery, NextFrame, Qos, Transport,
+};
+use crate::wasm::guest::{Fault, Guest};
+use crate::wasm::host::session_kv_prefix;
+use crate::wasm::protocol::Protocol;
+use crate::wasm::state::ConnLink;
+
+/// Most deliveries passed to the guest in one `on-deliver` call.
+const MAX_DELIVERY_BATCH: usize = 256;
+
+/// Most frames passed to the guest in one `on-frames` call.
+const MAX_FRAME_BATCH: usize = 256;
+
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// How long the goodbye (on-close output) may take to write.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What every connection of a listener shares.
+pub struct ListenerInfo {
+    pub name: Arc<str>,
+    pub candidates: Vec<Arc<Protocol>>,
+    pub probe_bytes: usize,
+    pub probe_timeout: Duration,
+    pub core: Arc<BrokerCore>,
+    pub shutdown: CancellationToken,
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum End {
+    PeerClosed,
+    GuestClosed(String),
+    IdleTimeout,
+    Kicked(Kick),
+    Framing(String),
+    Shutdown,
+    Fault(Fault),
+}
+
+impl End {
+    fn reason(&self) -> CloseReason {
+        match self {
+            End::PeerClosed => CloseReason::PeerClosed,
+            End::GuestClosed(_) => CloseReason::GuestClosed,
+            End::IdleTimeout => CloseReason::IdleTimeout,
+            End::Kicked(Kick::SessionTakenOver) => CloseReason::SessionTakenOver,
+            End::Kicked(Kick::SlowConsumer) => CloseReason::SlowConsumer,
+            End::Framing(why) => CloseReason::ProtocolError(why.clone()),
+            End::Shutdown => CloseReason::ServerShutdown,
+            End::Fault(fault) => CloseReason::ProtocolError(fault.to_string()),
+        }
+    }
+}
+
+/// Serve one accepted socket until it closes.
+pub async fn serve(listener: Arc<ListenerInfo>, mut stream: TcpStream, peer: SocketAddr) {
+    let id = listener.core.next_connection_id();
+    let chosen = tokio::select! {
+        chosen = probe::choose(&mut stream, &listener.candidates, id, listener.probe_bytes, listener.probe_timeout) => chosen,
+        _ = listener.shutdown.cancelled() => return,
+    };
+    let chosen = match chosen {
+        Ok(chosen) => chosen,
+        Err(e) => {
+            tracing::info!(listener = %listener.name, %peer, conn = id, "closing: {e}");
+            return;
+        }
+    };
+    let protocol = chosen.protocol;
+    let metrics = &protocol.env.metrics;
+    let Ok(_permit) = protocol.permits.clone().try_acquire_owned() else {
+        ProtocolMetrics::bump(&metrics.connections_refused);
+        tracing::warn!(protocol = %protocol.env.name, %peer, "connection refused: max_connections reached");
+        return;
+    };
+    let local = stream
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let (mailbox, inbox) = Mailbox::new(id, protocol.env.limits.outbound_buffer_bytes);
+    let mut guest = chosen.guest;
+    guest.state_mut().link = Some(ConnLink {
+        broker: listener.core.clone(),
+        mailbox: mailbox.clone(),
+    });
+    let info = ConnectionInfo {
+        id,
+        peer: peer.to_string(),
+        local,
+        listener: listener.name.to_string(),
+        transport: Transport::Tcp,
+        server_id: listener.core.server_id.clone(),
+        server_version: VERSION.into(),
+        max_frame_bytes: protocol.env.limits.max_frame_bytes,
+    };
+    ProtocolMetrics::bump(&metrics.connections_opened);
+    metrics
+        .connections_active
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::debug!(protocol = %protocol.env.name, %peer, conn = id, "connection opened");
+
+    let mut connection = Connection {
+        stream,
+        peer,
+        framing: protocol.description.framing.clone(),
+        max_frame: protocol.env.limits.max_frame_bytes as usize,
+        protocol: protocol.clone(),
+        guest,
+        mailbox,
+        inbox,
+        inbuf: chosen.buffered,
+        guest_needs: 0,
+        idle: None,
+        last_read: Instant::now(),
+        timer_at: None,
+        next_delivery_id: 1,
+        shutdown: listener.shutdown.clone(),
+    };
+    let end = connection.run(&info).await;
+    connection.finish(end, &listener.core).await;
+    metrics
+        .connections_active
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    framing: Framing,
+    max_frame: usize,
+    protocol: Arc<Protocol>,
+    guest: Guest,
+    mailbox: Arc<Mailbox>,
+    inbox: Inbox,
+    inbuf: BytesMut,
+    /// Guest framing: buffered bytes needed before asking the guest again.
+    guest_needs: usize,
+    idle: Option<Duration>,
+    last_read: Instant,
+    timer_at: Option<Instant>,
+    next_delivery_id: u64,
+    shutdown: CancellationToken,
+}
+
+/// What woke the connection up.
+enum Wake {
+    Read(std::io::Result<usize>),
+    Deliveries,
+    Deadline,
+    Kicked(Kick),
+    Shutdown,
+}
+
+impl Connection {
+    async fn run(&mut self, info: &ConnectionInfo) -> End {
+        if let Err(end) = self.open(info).await {
+            return end;
+        }
+        let mut batch = Vec::with_capacity(MAX_DELIVERY_BATCH);
+        loop {
+            let deadline = self.next_deadline();
+            self.inbuf.reserve(READ_CHUNK);
+            let wake = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => Wake::Shutdown,
+                kick = self.mailbox.kicked() => Wake::Kicked(kick),
+                read = self.stream.read_buf(&mut self.inbuf) => Wake::Read(read),
+                _ = self.inbox.recv_batch(&mut batch, MAX_DELIVERY_BATCH) => Wake::Deliveries,
+                _ = sleep_until(deadline) => Wake::Deadline,
+            };
+            let step = match wake {
+                Wake::Shutdown => Err(End::Shutdown),
+                Wake::Kicked(kick) => Err(End::Kicked(kick)),
+                Wake::Read(Ok(0)) => Err(End::PeerClosed),
+                Wake::Read(Ok(_)) => {
+                    self.last_read = Instant::now();
+                    self.on_input().await
+                }
+                Wake::Read(Err(e)) => {
+                    tracing::debug!(peer = %self.peer, "read failed: {e}");
+                    Err(End::PeerClosed)
+                }
+                Wake::Deliveries => self.deliver(&mut batch).await,
+                Wake::Deadline => self.on_deadline().await,
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    async fn open(&mut self, info: &ConnectionInfo) -> Result<(), End> {
+        let opened = self.guest.on_open(info).await;
+        self.after_call(opened).await?;
+        if !self.inbuf.is_empty() {
+            self.on_input().await?;
+        }
+        Ok(())
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let idle_at = self.idle.map(|idle| self.last_read + idle);
+        match (idle_at, self.timer_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    async fn on_deadline(&mut self) -> Result<(), End> {
+        let now = Instant::now();
+        if self.idle.is_some_and(|idle| now >= self.last_read + idle) {
+            return Err(End::IdleTimeout);
+        }
+        if self.timer_at.is_some_and(|at| now >= at) {
+            self.timer_at = None;
+            let fired = self.guest.on_timer().await;
+            self.after_call(fired).await?;
+        }
+        Ok(())
+    }
+
+    /// Split buffered input into frames and hand them to the guest.
+    async fn on_input(&mut self) -> Result<(), End> {
+        loop {
+            let frames = match self.framing {
+                Framing::Guest => self.guest_frames().await?,
+                _ => self.native_frames()?,
+            };
+            if frames.is_empty() {
+                return Ok(());
+            }
+            let metrics = &self.protocol.env.metrics;
+            metrics
+                .frames_in
+                .fetch_add(frames.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let handled = self.guest.on_frames(&frames).await;
+            match handled {
+                Ok(Err(reason)) => {
+                    self.after_call(Ok(())).await?;
+                    return Err(End::GuestClosed(reason));
+                }
+                Ok(Ok(())) => self.after_call(Ok(())).await?,
+                Err(fault) => self.after_call(Err(fault)).await?,
+            }
+        }
+    }
+
+    fn native_frames(&mut self) -> Result<Vec<Vec<u8>>, End> {
+        let mut frames = Vec::new();
+        while frames.len() < MAX_FRAME_BATCH {
+            match self.framing.next_frame(&self.inbuf, self.max_frame) {
+                Ok(Some(len)) => frames.push(self.inbuf.split_to(len).to_vec()),
+                Ok(None) => break,
+                Err(e) => return Err(self.framing_error(e.to_string())),
+            }
+        }
+        Ok(frames)
+    }
+
+    /// Ask the guest where its frames end, and check what it says.
+    async fn guest_frames(&mut self) -> Result<Vec<Vec<u8>>, End> {
+        if self.inbuf.is_empty() || self.inbuf.len() < self.guest_needs {
+            return Ok(Vec::new());
+        }
+        let scan = match self.guest.frame_lengths(&self.inbuf).await {
+            Ok(scan) => scan,
+            Err(fault) => return Err(self.fault(fault)),
+        };
+        let mut frames = Vec::with_capacity(scan.complete.len());
+        for len in scan.complete {
+            let len = len as usize;
+            if len == 0 || len > self.inbuf.len() || len > self.max_frame {
+                return Err(self.fault(Fault::Violation(format!(
+                    "frame-lengths returned a frame of {len} bytes with {} buffered (limit {})",
+                    self.inbuf.len(),
+                    self.max_frame
+                ))));
+            }
+            frames.push(self.inbuf.split_to(len).to_vec());
+        }
+        let buffered = self.inbuf.len();
+        self.guest_needs = match scan.next {
+            NextFrame::Invalid(reason) => return Err(self.framing_error(reason)),
+            NextFrame::Needs(n) if n as usize > self.max_frame => {
+                let error = FramingError::TooLarge {
+                    size: n.into(),
+                    max: self.max_frame,
+                };
+                return Err(self.framing_error(error.to_string()));
+            }
+            // A claim of needing what is already here would ask again at once.
+            NextFrame::Needs(n) => (n as usize).max(buffered + 1),
+            NextFrame::Unknown if buffered >= self.max_frame => {
+                let error = FramingError::TooLarge {
+                    size: buffered as u64,
+                    max: self.max_frame,
+                };
+                return Err(self.framing_error(error.to_string()));
+            }
+            NextFrame::Unknown => buffered + 1,
+        };
+        if !frames.is_empty() {
+            // The remainder is unexamined once frames were taken off.
+            self.guest_needs = 0;
+        }
+        Ok(frames)
+    }
+
+    /// Hand a batch of routed messages to the guest.
+    async fn deliver(&mut self, batch: &mut Vec<Routed>) -> Result<(), End> {
+        let mut deliveries = Vec::with_capacity(batch.len());
+        for routed in batch.drain(..) {
+            let id = (routed.qos != Qos::AtMostOnce).then(|| {
+                let id = self.next_delivery_id;
+                self.next_delivery_id += 1;
+                self.guest.state_mut().unacked.insert(id);
+                id
+            });
+            let mut message = Arc::unwrap_or_clone(routed.message);
+            message.qos = routed.qos;
+            deliveries.push(Delivery {
+                subscription: routed.subscription,
+                id,
+                message,
+                from_retained: false,
+                redelivered: false,
+            });
+        }
+        let metrics = &self.protocol.env.metrics;
+        metrics.deliveries_out.fetch_add(
+            deliveries.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let delivered = self.guest.on_deliver(&deliveries).await;
+        self.after_call(delivered).await
+    }
+
+    /// Apply what the guest asked for during a call and write its output.
+    async fn after_call(&mut self, result: Result<(), Fault>) -> Result<(), End> {
+        if let Err(fault) = result {
+            return Err(self.fault(fault));
+        }
+        let state = self.guest.state_mut();
+        let timers = std::mem::take(&mut state.timers);
+        if let Some(idle) = timers.idle {
+            self.idle = idle;
+        }
+        if let Some(timer) = timers.timer {
+            self.timer_at = timer.map(|after| Instant::now() + after);
+        }
+        self.flush().await?;
+        match self.guest.state_mut().close.take() {
+            Some(reason) => Err(End::GuestClosed(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Write what the guest sent. A client that stops reading blocks only
+    /// its own task; a kick or shutdown still ends it.
+    async fn flush(&mut self) -> Result<(), End> {
+        let out = std::mem::take(&mut self.guest.state_mut().out);
+        if out.is_empty() {
+            return Ok(());
+        }
+        let written = tokio::select! {
+            written = self.stream.write_all(&out) => written,
+            kick = self.mailbox.kicked() => return Err(End::Kicked(kick)),
+            _ = self.shutdown.cancelled() => return Err(End::Shutdown),
+        };
+        // Keep the allocation for the next call.
+        let mut out = out;
+        out.clear();
+        self.guest.state_mut().out = out;
+        written.map_err(|e| {
+            tracing::debug!(peer = %self.peer, "write failed: {e}");
+            End::PeerClosed
+        })
+    }
+
+    fn fault(&self, fault: Fault) -> End {
+        let env = &self.protocol.env;
+        ProtocolMetrics::bump(fault.counter(&env.metrics));
+        tracing::warn!(protocol = %env.name, peer = %self.peer, conn = self.mailbox.connection, "guest stopped: {fault}");
+        End::Fault(fault)
+    }
+
+    fn framing_error(&self, why: String) -> End {
+        let env = &self.protocol.env;
+        ProtocolMetrics::bump(&env.metrics.framing_errors);
+        tracing::info!(protocol = %env.name, peer = %self.peer, "closing on framing error: {why}");
+        End::Framing(why)
+    }
+
+    /// Tell the guest, write its goodbye, close the socket, and release
+    /// everything the connection held.
+    async fn finish(&mut self, end: End, core: &Arc<BrokerCore>) {
+        let env = self.protocol.env.clone();
+        let connection = self.mailbox.connection;
+        if !self.guest.is_poisoned() {
+            match self.guest.on_close(&end.reason()).await {
+                Ok(()) => {
+                    let out = std::mem::take(&mut self.guest.state_mut().out);
+                    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.stream.write_all(&out))
+                        .await;
+                }
+                Err(fault) => {
+                    self.fault(fault);
+                }
+            }
+        }
+        let _ = self.stream.shutdown().await;
+
+        let state = self.guest.state_mut();
+        for (_, key) in state.subscriptions.drain() {
+            core.router.unsubscribe(key);
+        }
+        if let Some(client_id) = state.session.take()
+            && core.sessions.release(&env.name, &client_id, connection)
+        {
+            env.kv.delete_prefix(&session_kv_prefix(&client_id));
+        }
+        if let Some(will) = state.will.take() {
+            publish_will(core, will.message, will.delay_secs, connection, &env.name);
+        }
+        let dropped = self.mailbox.dropped();
+        if dropped > 0 {
+            env.metrics
+                .deliveries_dropped
+                .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
+        }
+        match &end {
+            End::GuestClosed(reason) => {
+                tracing::debug!(protocol = %env.name, peer = %self.peer, conn = connection, "connection closed by guest: {reason}")
+            }
+            other => {
+                tracing::debug!(protocol = %env.name, peer = %self.peer, conn = connection, end = ?other, "connection closed")
+            }
+        }
+    }
+}
+
+/// Publish a will now or after its delay.
+fn publish_will(
+    core: &Arc<BrokerCore>,
+    message: crate::wasm::bindings::types::Message,
+    delay_secs: u32,
+    connection: u64,
+    protocol: &str,
+) {
+    tracing::debug!(protocol, conn = connection, topic = %message.topic, delay_secs, "publishing will");
+    let message = Arc::new(message);
+    if delay_secs == 0 {
+        core.router.publish(message, connection);
+        return;
+    }
+    let core = core.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(delay_secs.into())).await;
+        core.router.publish(message, connection);
+    });
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

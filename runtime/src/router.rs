@@ -1,0 +1,411 @@
+//! The router: protocol-neutral subscriptions and fan-out.
+//!
+//! Wildcard filters live in a trie keyed by topic level, so matching costs
+//! the topic's depth rather than the number of filters. Exact filters are a
+//! hash map, glob filters a list. A publish takes the read lock, matches,
+//! picks one member of each subscription group, and pushes into each
+//! subscriber's [`Mailbox`] without waiting; the publisher learns the number
+//! of receivers synchronously, which Redis `PUBLISH` and NATS no-responders
+//! need. Subscribing takes the write lock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::RwLock;
+
+use crate::mailbox::{Mailbox, Pushed, Routed};
+use crate::topic;
+use crate::wasm::bindings::types::{FilterKind, Message, Qos};
+
+/// Router-wide subscription key.
+pub type SubscriptionKey = u64;
+
+/// What the router needs to know about one subscription.
+pub struct Subscription {
+    /// The subscriber's inbox.
+    pub mailbox: Arc<Mailbox>,
+    /// Connection-local id handed to the guest.
+    pub id: u32,
+    /// The filter as given.
+    pub filter: String,
+    /// How the filter matches.
+    pub kind: FilterKind,
+    /// QoS ceiling.
+    pub max_qos: Qos,
+    /// Subscription group, if any.
+    pub group: Option<String>,
+    /// Skip messages published by the same connection.
+    pub no_local: bool,
+}
+
+#[derive(Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    plus: Option<Box<Node>>,
+    /// Filters ending at this node.
+    here: Vec<SubscriptionKey>,
+    /// Filters ending in `#` right below this node.
+    rest: Vec<SubscriptionKey>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.here.is_empty()
+            && self.rest.is_empty()
+    }
+
+    fn insert(&mut self, mut levels: std::str::Split<'_, char>, key: SubscriptionKey) {
+        match levels.next() {
+            None => self.here.push(key),
+            Some("#") => self.rest.push(key),
+            Some("+") => self
+                .plus
+                .get_or_insert_with(Default::default)
+                .insert(levels, key),
+            Some(level) => self
+                .children
+                .entry(level.into())
+                .or_default()
+                .insert(levels, key),
+        }
+    }
+
+    /// Remove `key`; returns whether this node became empty.
+    fn remove(&mut self, mut levels: std::str::Split<'_, char>, key: SubscriptionKey) -> bool {
+        match levels.next() {
+            None => self.here.retain(|k| *k != key),
+            Some("#") => self.rest.retain(|k| *k != key),
+            Some("+") => {
+                if let Some(plus) = &mut self.plus
+                    && plus.remove(levels, key)
+                {
+                    self.plus = None;
+                }
+            }
+            Some(level) => {
+                if let Some(child) = self.children.get_mut(level)
+                    && child.remove(levels, key)
+                {
+                    self.children.remove(level);
+                }
+            }
+        }
+        self.is_empty()
+    }
+
+    fn collect(&self, levels: &[&str], depth: usize, dollar: bool, out: &mut Vec<SubscriptionKey>) {
+        // A leading wildcard does not match `$` topics.
+        let wild_ok = !(depth == 0 && dollar);
+        if wild_ok {
+            out.extend_from_slice(&self.rest);
+        }
+        let Some(level) = levels.get(depth) else {
+            out.extend_from_slice(&self.here);
+            return;
+        };
+        if let Some(child) = self.children.get(*level) {
+            child.collect(levels, depth + 1, dollar, out);
+        }
+        if wild_ok && let Some(plus) = &self.plus {
+            plus.collect(levels, depth + 1, dollar, out);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Index {
+    subscriptions: HashMap<SubscriptionKey, Subscription>,
+    wildcard: Node,
+    exact: HashMap<String, Vec<SubscriptionKey>>,
+    globs: Vec<SubscriptionKey>,
+}
+
+/// Round-robin cursors of subscription groups, by group name.
+#[derive(Default)]
+struct Groups {
+    cursors: RwLock<HashMap<String, Arc<AtomicUsize>>>,
+}
+
+impl Groups {
+    fn cursor(&self, group: &str) -> Arc<AtomicUsize> {
+        if let Some(cursor) = self.cursors.read().get(group) {
+            return cursor.clone();
+        }
+        self.cursors
+            .write()
+            .entry(group.to_string())
+            .or_default()
+            .clone()
+    }
+}
+
+/// The broker's router.
+#[derive(Default)]
+pub struct Router {
+    index: RwLock<Index>,
+    groups: Groups,
+    next_key: AtomicU64,
+}
+
+impl Router {
+    /// Add a subscription; the filter must already be validated for its kind.
+    pub fn subscribe(&self, subscription: Subscription) -> SubscriptionKey {
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let mut index = self.index.write();
+        match subscription.kind {
+            FilterKind::Wildcard => index.wildcard.insert(subscription.filter.split('/'), key),
+            FilterKind::Exact => index
+                .exact
+                .entry(subscription.filter.clone())
+                .or_default()
+                .push(key),
+            FilterKind::Glob => index.globs.push(key),
+        }
+        index.subscriptions.insert(key, subscription);
+        key
+    }
+
+    /// Remove a subscription; unknown keys are ignored.
+    pub fn unsubscribe(&self, key: SubscriptionKey) {
+        let mut index = self.index.write();
+        let Some(subscription) = index.subscriptions.remove(&key) else {
+            return;
+        };
+        match subscription.kind {
+            FilterKind::Wildcard => {
+                index.wildcard.remove(subscription.filter.split('/'), key);
+            }
+            FilterKind::Exact => {
+                if let Some(keys) = index.exact.get_mut(&subscription.filter) {
+                    keys.retain(|k| *k != key);
+                    if keys.is_empty() {
+                        index.exact.remove(&subscription.filter);
+                    }
+                }
+            }
+            FilterKind::Glob => index.globs.retain(|k| *k != key),
+        }
+    }
+
+    /// Number of subscriptions.
+    pub fn len(&self) -> usize {
+        self.index.read().subscriptions.len()
+    }
+
+    /// Whether there are no subscriptions.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Route `message` from connection `publisher`; returns how many
+    /// subscriptions it was handed to.
+    pub fn publish(&self, message: Arc<Message>, publisher: u64) -> u32 {
+        let index = self.index.read();
+        let mut keys = Vec::new();
+        let levels: Vec<&str> = message.topic.split('/').collect();
+        index
+            .wildcard
+            .collect(&levels, 0, message.topic.starts_with('$'), &mut keys);
+        if let Some(exact) = index.exact.get(&message.topic) {
+            keys.extend_from_slice(exact);
+        }
+        keys.extend(
+            index.globs.iter().filter(|key| {
+                topic::glob_matches(&index.subscriptions[key].filter, &message.topic)
+            }),
+        );
+
+        let mut receivers = 0;
+        let mut grouped: HashMap<&str, Vec<&Subscription>> = HashMap::new();
+        for key in keys {
+            let subscription = &index.subscriptions[&key];
+            if subscription.no_local && subscription.mailbox.connection == publisher {
+                continue;
+            }
+            match &subscription.group {
+                Some(group) => grouped.entry(group).or_default().push(subscription),
+                None => {
+                    deliver(subscription, &message);
+                    receivers += 1;
+                }
+            }
+        }
+        for (group, mut members) in grouped {
+            // Stable order, so the cursor rotates fairly across publishes.
+            members.sort_unstable_by_key(|s| (s.mailbox.connection, s.id));
+            let turn = self.groups.cursor(group).fetch_add(1, Ordering::Relaxed);
+            deliver(members[turn % members.len()], &message);
+            receivers += 1;
+        }
+        receivers
+    }
+}
+
+/// Hand `message` to one subscription. A full mailbox drops it there (and
+/// counts it); the subscription still counts as a receiver.
+fn deliver(subscription: &Subscription, message: &Arc<Message>) {
+    let qos = min_qos(message.qos, subscription.max_qos);
+    let routed = Routed {
+        subscription: subscription.id,
+        message: message.clone(),
+        qos,
+    };
+    if subscription.mailbox.push(routed) == Pushed::Dropped {
+        tracing::debug!(
+            connection = subscription.mailbox.connection,
+            "delivery dropped: outbound buffer full"
+        );
+    }
+}
+
+/// The lower of two QoS levels.
+pub fn min_qos(a: Qos, b: Qos) -> Qos {
+    fn rank(q: Qos) -> u8 {
+        match q {
+            Qos::AtMostOnce => 0,
+            Qos::AtLeastOnce => 1,
+            Qos::ExactlyOnce => 2,
+        }
+    }
+    if rank(a) <= rank(b) { a } else { b }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mailbox::Inbox;
+
+    fn message(topic: &str) -> Arc<Message> {
+        Arc::new(Message {
+            topic: topic.into(),
+            payload: b"x".to_vec(),
+            headers: vec![],
+            reply_to: None,
+            correlation: None,
+            content_type: None,
+            utf8_payload: false,
+            expiry_secs: None,
+            retain: false,
+            qos: Qos::AtMostOnce,
+        })
+    }
+
+    fn subscribe(
+        router: &Router,
+        mailbox: &Arc<Mailbox>,
+        id: u32,
+        filter: &str,
+        kind: FilterKind,
+        group: Option<&str>,
+    ) -> SubscriptionKey {
+        router.subscribe(Subscription {
+            mailbox: mailbox.clone(),
+            id,
+            filter: filter.into(),
+            kind,
+            max_qos: Qos::AtLeastOnce,
+            group: group.map(Into::into),
+            no_local: false,
+        })
+    }
+
+    async fn drain(inbox: &mut Inbox) -> Vec<u32> {
+        let mut batch = Vec::new();
+        while let Ok(n) = tokio::time::timeout(
+            std::time::Duration::from_millis(5),
+            inbox.recv_batch(&mut batch, 100),
+        )
+        .await
+        {
+            if n == 0 {
+                break;
+            }
+        }
+        batch.iter().map(|r| r.subscription).collect()
+    }
+
+    #[tokio::test]
+    async fn wildcard_exact_and_glob_subscriptions_match() {
+        let router = Router::default();
+        let (mailbox, mut inbox) = Mailbox::new(1, 1 << 20);
+        subscribe(&router, &mailbox, 1, "a/+/c", FilterKind::Wildcard, None);
+        subscribe(&router, &mailbox, 2, "a/#", FilterKind::Wildcard, None);
+        subscribe(&router, &mailbox, 3, "a/b/c", FilterKind::Exact, None);
+        subscribe(&router, &mailbox, 4, "a/b*", FilterKind::Glob, None);
+        subscribe(&router, &mailbox, 5, "#", FilterKind::Wildcard, None);
+        assert_eq!(router.publish(message("a/b/c"), 9), 5);
+        assert_eq!(drain(&mut inbox).await, vec![5, 2, 1, 3, 4]);
+        assert_eq!(router.publish(message("a/b"), 9), 3);
+        assert_eq!(router.publish(message("$SYS/a"), 9), 0);
+    }
+
+    #[tokio::test]
+    async fn unsubscribe_prunes() {
+        let router = Router::default();
+        let (mailbox, _inbox) = Mailbox::new(1, 1 << 20);
+        let key = subscribe(&router, &mailbox, 1, "a/+/c", FilterKind::Wildcard, None);
+        router.unsubscribe(key);
+        assert!(router.is_empty());
+        assert!(router.index.read().wildcard.is_empty());
+        assert_eq!(router.publish(message("a/b/c"), 9), 0);
+    }
+
+    #[tokio::test]
+    async fn group_members_take_turns() {
+        let router = Router::default();
+        let (a, mut inbox_a) = Mailbox::new(1, 1 << 20);
+        let (b, mut inbox_b) = Mailbox::new(2, 1 << 20);
+        subscribe(
+            &router,
+            &a,
+            1,
+            "jobs/#",
+            FilterKind::Wildcard,
+            Some("workers"),
+        );
+        subscribe(
+            &router,
+            &b,
+            1,
+            "jobs/#",
+            FilterKind::Wildcard,
+            Some("workers"),
+        );
+        for _ in 0..10 {
+            assert_eq!(router.publish(message("jobs/x"), 9), 1);
+        }
+        assert_eq!(drain(&mut inbox_a).await.len(), 5);
+        assert_eq!(drain(&mut inbox_b).await.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn no_local_skips_publisher() {
+        let router = Router::default();
+        let (mailbox, _inbox) = Mailbox::new(7, 1 << 20);
+        router.subscribe(Subscription {
+            mailbox: mailbox.clone(),
+            id: 1,
+            filter: "t".into(),
+            kind: FilterKind::Wildcard,
+            max_qos: Qos::AtMostOnce,
+            group: None,
+            no_local: true,
+        });
+        assert_eq!(router.publish(message("t"), 7), 0);
+        assert_eq!(router.publish(message("t"), 8), 1);
+    }
+
+    #[tokio::test]
+    async fn full_mailbox_drops_at_most_once() {
+        let router = Router::default();
+        let (mailbox, _inbox) = Mailbox::new(1, 100);
+        subscribe(&router, &mailbox, 1, "t", FilterKind::Wildcard, None);
+        for _ in 0..5 {
+            router.publish(message("t"), 9);
+        }
+        assert_eq!(mailbox.dropped(), 4);
+    }
+}

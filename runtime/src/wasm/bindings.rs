@@ -1,0 +1,15 @@
+//! Host-side bindings of the `sandport:protocol` world, generated once here.
+//!
+//! Guest exports are called asynchronously so a long-running guest yields to
+//! the tokio scheduler at every epoch tick instead of pinning a worker
+//! thread. Host imports are synchronous (nothing in them waits) and
+//! trappable, so a guest that breaks the rules is stopped on the spot.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "protocol",
+    imports: { default: trappable },
+    exports: { default: async },
+});
+
+pub use sandport::protocol::types;

@@ -1,0 +1,193 @@
+//! One guest instance and the calls into it.
+//!
+//! Every call gets the protocol's deadline in epoch ticks; past one tick the
+//! guest yields to other tasks, past the budget it is interrupted. Any trap
+//! poisons the instance: the connection ends and the store is dropped, which
+//! frees its memory and nothing else.
+
+use std::sync::atomic::AtomicU64;
+
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+
+use crate::metrics::ProtocolMetrics;
+use crate::wasm::bindings::types::{
+    CloseReason, ConnectionInfo, Delivery, FrameScan, ProbeResult, ProtocolInfo,
+};
+use crate::wasm::bindings::{Protocol as World, ProtocolPre as WorldPre};
+use crate::wasm::state::{GuestState, Violation};
+
+/// Longest trap description kept for logs.
+const MAX_FAULT_TEXT: usize = 512;
+
+/// Why a guest instance was stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Fault {
+    #[error("guest call exceeded its deadline")]
+    Deadline,
+    #[error("guest ran out of memory (limit reached)")]
+    OutOfMemory,
+    #[error("guest broke a host rule: {0}")]
+    Violation(String),
+    #[error("guest trapped: {0}")]
+    Trap(String),
+    #[error("guest could not be instantiated: {0}")]
+    Instantiate(String),
+}
+
+impl Fault {
+    /// The counter this fault is recorded in.
+    pub fn counter<'m>(&self, metrics: &'m ProtocolMetrics) -> &'m AtomicU64 {
+        match self {
+            Fault::Deadline => &metrics.faults_deadline,
+            Fault::OutOfMemory => &metrics.faults_memory,
+            Fault::Violation(_) => &metrics.faults_violation,
+            Fault::Trap(_) | Fault::Instantiate(_) => &metrics.faults_trap,
+        }
+    }
+}
+
+/// A live guest instance.
+pub struct Guest {
+    store: Store<GuestState>,
+    world: World,
+    deadline_ticks: u32,
+    poisoned: bool,
+}
+
+/// Call one handler export with deadline and fault handling.
+macro_rules! call_export {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {{
+        $self.begin_call()?;
+        let result = $self.world.sandport_protocol_handler().$method(&mut $self.store, $($arg),*).await;
+        $self.end_call(result)
+    }};
+}
+
+impl Guest {
+    /// Instantiate a guest with `state`.
+    pub async fn instantiate(
+        engine: &Engine,
+        pre: &WorldPre<GuestState>,
+        state: GuestState,
+        deadline_ticks: u32,
+    ) -> Result<Self, Fault> {
+        let mut store = Store::new(engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.epoch_deadline_callback(|mut store| {
+            let state = store.data_mut();
+            if state.ticks_left == 0 {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            state.ticks_left -= 1;
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store.data_mut().ticks_left = deadline_ticks;
+        store.set_epoch_deadline(1);
+        let world = match pre.instantiate_async(&mut store).await {
+            Ok(world) => world,
+            Err(e) => {
+                let fault = classify(&store, e);
+                return Err(match fault {
+                    Fault::Trap(text) => Fault::Instantiate(text),
+                    other => other,
+                });
+            }
+        };
+        Ok(Self {
+            store,
+            world,
+            deadline_ticks,
+            poisoned: false,
+        })
+    }
+
+    /// The store data: what the guest asked for, and its connection state.
+    pub fn state(&self) -> &GuestState {
+        self.store.data()
+    }
+
+    /// Mutable store data.
+    pub fn state_mut(&mut self) -> &mut GuestState {
+        self.store.data_mut()
+    }
+
+    /// Whether a call faulted; a poisoned guest cannot be called again.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    fn begin_call(&mut self) -> Result<(), Fault> {
+        if self.poisoned {
+            return Err(Fault::Trap("called after an earlier fault".into()));
+        }
+        let ticks = self.deadline_ticks;
+        let state = self.store.data_mut();
+        state.ticks_left = ticks;
+        state.call_input = 0;
+        self.store.set_epoch_deadline(1);
+        Ok(())
+    }
+
+    fn end_call<T>(&mut self, result: wasmtime::Result<T>) -> Result<T, Fault> {
+        result.map_err(|e| {
+            self.poisoned = true;
+            classify(&self.store, e)
+        })
+    }
+
+    /// `describe`.
+    pub async fn describe(&mut self) -> Result<ProtocolInfo, Fault> {
+        call_export!(self.call_describe())
+    }
+
+    /// `probe`.
+    pub async fn probe(&mut self, prefix: &[u8]) -> Result<ProbeResult, Fault> {
+        call_export!(self.call_probe(prefix))
+    }
+
+    /// `frame-lengths`.
+    pub async fn frame_lengths(&mut self, buffer: &[u8]) -> Result<FrameScan, Fault> {
+        call_export!(self.call_frame_lengths(buffer))
+    }
+
+    /// `on-open`.
+    pub async fn on_open(&mut self, info: &ConnectionInfo) -> Result<(), Fault> {
+        call_export!(self.call_on_open(info))
+    }
+
+    /// `on-frames`; the inner error is the guest's reason to close.
+    pub async fn on_frames(&mut self, frames: &[Vec<u8>]) -> Result<Result<(), String>, Fault> {
+        call_export!(self.call_on_frames(frames))
+    }
+
+    /// `on-deliver`.
+    pub async fn on_deliver(&mut self, batch: &[Delivery]) -> Result<(), Fault> {
+        call_export!(self.call_on_deliver(batch))
+    }
+
+    /// `on-timer`.
+    pub async fn on_timer(&mut self) -> Result<(), Fault> {
+        call_export!(self.call_on_timer())
+    }
+
+    /// `on-close`.
+    pub async fn on_close(&mut self, reason: &CloseReason) -> Result<(), Fault> {
+        call_export!(self.call_on_close(reason))
+    }
+}
+
+/// Turn a call error into a fault, using what the store saw.
+fn classify(store: &Store<GuestState>, error: wasmtime::Error) -> Fault {
+    if let Some(violation) = error.downcast_ref::<Violation>() {
+        return Fault::Violation(violation.0.clone());
+    }
+    if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
+        return Fault::Deadline;
+    }
+    if store.data().limiter.refused {
+        return Fault::OutOfMemory;
+    }
+    let mut text = format!("{error:#}");
+    text.truncate(text.floor_char_boundary(MAX_FAULT_TEXT));
+    Fault::Trap(text)
+}

@@ -1,0 +1,361 @@
+//! The `host` interface, implemented natively for every guest.
+//!
+//! Nothing a guest passes is trusted: sizes are charged against the per-call
+//! budget, topics and filters are validated, and every publish and subscribe
+//! is checked against the protocol's grants. A refusal the guest can handle
+//! is returned as a `host-error`; a rule break (flooding, calling from
+//! `probe`) is a trap that ends the connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::metrics::ProtocolMetrics;
+use crate::router::Subscription;
+use crate::topic;
+use crate::wasm::bindings::sandport::protocol::{host, types};
+use crate::wasm::bindings::types::{
+    Credentials, ErrorCode, FilterKind, HostError, KvScope, LogLevel, Message, Principal,
+    PublishOutcome, SessionInfo, SessionOptions, SubscribeOptions, Will,
+};
+use crate::wasm::state::{GuestState, Violation};
+
+/// Most subscriptions one connection may hold.
+pub const MAX_SUBSCRIPTIONS: usize = 10_000;
+
+/// Longest client id, reason or group name a guest may pass.
+const MAX_NAME_BYTES: usize = 1024;
+
+/// Longest log line kept from a guest.
+const MAX_LOG_BYTES: usize = 1024;
+
+/// Most headers on one message.
+const MAX_HEADERS: usize = 1024;
+
+fn refuse<T>(
+    code: ErrorCode,
+    message: impl Into<String>,
+) -> wasmtime::Result<Result<T, HostError>> {
+    Ok(Err(HostError {
+        code,
+        message: message.into(),
+    }))
+}
+
+/// Bytes a message occupies when passed in.
+fn message_bytes(message: &Message) -> usize {
+    message.topic.len()
+        + message.payload.len()
+        + message
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+        + message.reply_to.as_ref().map_or(0, String::len)
+        + message.correlation.as_ref().map_or(0, Vec::len)
+        + message.content_type.as_ref().map_or(0, String::len)
+}
+
+impl GuestState {
+    /// Validate a message the guest wants published (now or as a will).
+    fn check_message(&self, message: &Message) -> Result<(), HostError> {
+        let invalid = |m: String| HostError {
+            code: ErrorCode::Invalid,
+            message: m,
+        };
+        topic::validate_topic(&message.topic).map_err(|e| invalid(format!("topic {e}")))?;
+        if let Some(reply_to) = &message.reply_to {
+            topic::validate_topic(reply_to).map_err(|e| invalid(format!("reply-to topic {e}")))?;
+        }
+        if message.headers.len() > MAX_HEADERS {
+            return Err(invalid(format!("more than {MAX_HEADERS} headers")));
+        }
+        if !self
+            .env
+            .grants
+            .publish
+            .iter()
+            .any(|grant| topic::matches(grant, &message.topic))
+        {
+            return Err(HostError {
+                code: ErrorCode::NotAuthorized,
+                message: format!("publishing to `{}` is not granted", message.topic),
+            });
+        }
+        Ok(())
+    }
+
+    /// Validate a filter and check it against the subscribe grants.
+    fn check_filter(&self, filter: &str, kind: FilterKind) -> Result<(), HostError> {
+        let checked = match kind {
+            FilterKind::Wildcard => topic::validate_filter(filter),
+            FilterKind::Exact | FilterKind::Glob => topic::validate_exact_or_glob(filter),
+        };
+        checked.map_err(|e| HostError {
+            code: ErrorCode::Invalid,
+            message: format!("filter {e}"),
+        })?;
+        let grants = &self.env.grants.subscribe;
+        let granted = match kind {
+            FilterKind::Wildcard => grants.iter().any(|g| topic::covers(g, filter)),
+            FilterKind::Exact => grants.iter().any(|g| topic::matches(g, filter)),
+            FilterKind::Glob => grants.iter().any(|g| topic::covers_glob(g, filter)),
+        };
+        if !granted {
+            return Err(HostError {
+                code: ErrorCode::NotAuthorized,
+                message: format!("subscribing to `{filter}` is not granted"),
+            });
+        }
+        Ok(())
+    }
+
+    /// The key-value key for `key` in `scope`.
+    fn kv_key(&self, scope: KvScope, key: &str) -> Result<String, HostError> {
+        if key.len() > crate::kv::MAX_KEY_BYTES {
+            return Err(HostError {
+                code: ErrorCode::Invalid,
+                message: "key too long".into(),
+            });
+        }
+        match scope {
+            KvScope::Protocol => Ok(format!("p\0{key}")),
+            KvScope::Session => match &self.session {
+                Some(client_id) => Ok(format!("{}{key}", session_kv_prefix(client_id))),
+                None => Err(HostError {
+                    code: ErrorCode::Invalid,
+                    message: "no session attached".into(),
+                }),
+            },
+        }
+    }
+}
+
+/// Prefix of session-scoped key-value entries of `client_id`.
+pub fn session_kv_prefix(client_id: &str) -> String {
+    format!("s\0{client_id}\0")
+}
+
+impl types::Host for GuestState {}
+
+impl host::Host for GuestState {
+    fn send(&mut self, bytes: Vec<u8>) -> wasmtime::Result<()> {
+        let queued = self.link()?.mailbox.queued_bytes();
+        let limit = self.env.limits.outbound_buffer_bytes;
+        if self.out.len() + bytes.len() + queued > limit {
+            return Err(Violation(format!(
+                "sent more than the {limit}-byte outbound buffer holds"
+            ))
+            .into());
+        }
+        self.out.extend_from_slice(&bytes);
+        Ok(())
+    }
+
+    fn close(&mut self, reason: String) -> wasmtime::Result<()> {
+        self.link()?;
+        self.charge(reason.len())?;
+        let mut reason = reason;
+        reason.truncate(reason.floor_char_boundary(MAX_NAME_BYTES));
+        self.close.get_or_insert(reason);
+        Ok(())
+    }
+
+    fn publish(&mut self, message: Message) -> wasmtime::Result<Result<PublishOutcome, HostError>> {
+        let link = self.link()?;
+        let (broker, connection) = (link.broker.clone(), link.id());
+        self.charge(message_bytes(&message))?;
+        if let Err(refusal) = self.check_message(&message) {
+            return Ok(Err(refusal));
+        }
+        ProtocolMetrics::bump(&self.env.metrics.publishes);
+        let receivers = broker.router.publish(Arc::new(message), connection);
+        Ok(Ok(PublishOutcome { receivers }))
+    }
+
+    fn subscribe(
+        &mut self,
+        filter: String,
+        options: SubscribeOptions,
+    ) -> wasmtime::Result<Result<u32, HostError>> {
+        let link = self.link()?;
+        let (broker, mailbox) = (link.broker.clone(), link.mailbox.clone());
+        self.charge(filter.len() + options.group.as_ref().map_or(0, String::len))?;
+        if let Err(refusal) = self.check_filter(&filter, options.kind) {
+            return Ok(Err(refusal));
+        }
+        if let Some(group) = &options.group
+            && (group.is_empty() || group.len() > MAX_NAME_BYTES)
+        {
+            return refuse(ErrorCode::Invalid, "group names are 1 to 1024 bytes");
+        }
+        if self.subscriptions.len() >= MAX_SUBSCRIPTIONS {
+            return refuse(
+                ErrorCode::QuotaExceeded,
+                format!("more than {MAX_SUBSCRIPTIONS} subscriptions"),
+            );
+        }
+        let id = self.next_subscription;
+        self.next_subscription = self.next_subscription.checked_add(1).unwrap_or(1);
+        let key = broker.router.subscribe(Subscription {
+            mailbox,
+            id,
+            filter,
+            kind: options.kind,
+            max_qos: options.max_qos,
+            group: options.group,
+            no_local: options.no_local,
+        });
+        self.subscriptions.insert(id, key);
+        Ok(Ok(id))
+    }
+
+    fn unsubscribe(&mut self, subscription: u32) -> wasmtime::Result<Result<(), HostError>> {
+        let broker = self.link()?.broker.clone();
+        match self.subscriptions.remove(&subscription) {
+            Some(key) => {
+                broker.router.unsubscribe(key);
+                Ok(Ok(()))
+            }
+            None => refuse(
+                ErrorCode::Invalid,
+                format!("no subscription {subscription} on this connection"),
+            ),
+        }
+    }
+
+    fn ack(&mut self, delivery: u64) -> wasmtime::Result<Result<(), HostError>> {
+        self.link()?;
+        if self.unacked.remove(&delivery) {
+            Ok(Ok(()))
+        } else {
+            refuse(
+                ErrorCode::Invalid,
+                format!("no unacknowledged delivery {delivery}"),
+            )
+        }
+    }
+
+    fn authenticate(
+        &mut self,
+        credentials: Credentials,
+    ) -> wasmtime::Result<Result<Principal, HostError>> {
+        self.link()?;
+        let size = credentials.username.as_ref().map_or(0, String::len)
+            + credentials.password.as_ref().map_or(0, Vec::len)
+            + credentials.token.as_ref().map_or(0, String::len);
+        self.charge(size)?;
+        // No user database is configured: every client is admitted under the
+        // name it gives, or as `anonymous`.
+        let user = credentials
+            .username
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "anonymous".into());
+        self.principal = Some(user.clone());
+        Ok(Ok(Principal { user }))
+    }
+
+    fn attach_session(
+        &mut self,
+        client_id: String,
+        _options: SessionOptions,
+    ) -> wasmtime::Result<Result<SessionInfo, HostError>> {
+        let link = self.link()?;
+        let (broker, mailbox) = (link.broker.clone(), link.mailbox.clone());
+        self.charge(client_id.len())?;
+        if client_id.len() > MAX_NAME_BYTES {
+            return refuse(ErrorCode::Invalid, "client id longer than 1024 bytes");
+        }
+        if self.session.is_some() {
+            return refuse(ErrorCode::Invalid, "a session is already attached");
+        }
+        let attached = broker.sessions.attach(&self.env.name, &client_id, &mailbox);
+        self.session = Some(attached.client_id.clone());
+        Ok(Ok(SessionInfo {
+            client_id: attached.client_id,
+            present: attached.present,
+        }))
+    }
+
+    fn set_will(&mut self, will: Option<Will>) -> wasmtime::Result<Result<(), HostError>> {
+        self.link()?;
+        if let Some(will) = &will {
+            self.charge(message_bytes(&will.message))?;
+            if let Err(refusal) = self.check_message(&will.message) {
+                return Ok(Err(refusal));
+            }
+        }
+        self.will = will;
+        Ok(Ok(()))
+    }
+
+    fn set_idle_timeout(&mut self, ms: u32) -> wasmtime::Result<()> {
+        self.link()?;
+        self.timers.idle = Some((ms > 0).then(|| Duration::from_millis(ms.into())));
+        Ok(())
+    }
+
+    fn set_timer(&mut self, ms: u32) -> wasmtime::Result<()> {
+        self.link()?;
+        self.timers.timer = Some((ms > 0).then(|| Duration::from_millis(ms.into())));
+        Ok(())
+    }
+
+    fn kv_get(
+        &mut self,
+        scope: KvScope,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, HostError>> {
+        self.link()?;
+        self.charge(key.len())?;
+        match self.kv_key(scope, &key) {
+            Ok(key) => Ok(Ok(self.env.kv.get(&key))),
+            Err(refusal) => Ok(Err(refusal)),
+        }
+    }
+
+    fn kv_set(
+        &mut self,
+        scope: KvScope,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), HostError>> {
+        self.link()?;
+        self.charge(key.len() + value.len())?;
+        let key = match self.kv_key(scope, &key) {
+            Ok(key) => key,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        match self.env.kv.set(key, value) {
+            Ok(()) => Ok(Ok(())),
+            Err(quota) => refuse(ErrorCode::QuotaExceeded, quota.to_string()),
+        }
+    }
+
+    fn kv_delete(
+        &mut self,
+        scope: KvScope,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, HostError>> {
+        self.link()?;
+        self.charge(key.len())?;
+        match self.kv_key(scope, &key) {
+            Ok(key) => Ok(Ok(self.env.kv.delete(&key))),
+            Err(refusal) => Ok(Err(refusal)),
+        }
+    }
+
+    fn log(&mut self, level: LogLevel, text: String) -> wasmtime::Result<()> {
+        let connection = self.link()?.id();
+        self.charge(text.len())?;
+        let text = &text[..text.floor_char_boundary(MAX_LOG_BYTES)];
+        let protocol = &*self.env.name;
+        match level {
+            LogLevel::Trace => tracing::trace!(protocol, conn = connection, "guest: {text}"),
+            LogLevel::Debug => tracing::debug!(protocol, conn = connection, "guest: {text}"),
+            LogLevel::Info => tracing::info!(protocol, conn = connection, "guest: {text}"),
+            LogLevel::Warn => tracing::warn!(protocol, conn = connection, "guest: {text}"),
+            LogLevel::Error => tracing::error!(protocol, conn = connection, "guest: {text}"),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,11 @@
+//! The WebAssembly side of the host: engine, bindings, loading, instances,
+//! and the native implementation of the `host` interface.
+
+pub mod bindings;
+pub mod engine;
+pub mod guest;
+pub mod host;
+pub mod protocol;
+pub mod state;
+pub mod stdio;
+pub mod world;

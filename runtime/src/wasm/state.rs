@@ -1,0 +1,178 @@
+//! What a guest's `Store` holds: its connection's view of the broker, what
+//! the guest asked for during the current call, and its resource limits.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::broker::BrokerCore;
+use crate::mailbox::Mailbox;
+use crate::router::SubscriptionKey;
+use crate::wasm::bindings::types::Will;
+use crate::wasm::engine::MAX_TABLE_ELEMENTS;
+use crate::wasm::protocol::ProtocolEnv;
+use crate::wasm::stdio::GuestOutput;
+
+/// A rule the guest broke; raised as a trap that ends the connection.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Violation(pub String);
+
+/// The connection a serving guest is bound to. Absent while the guest only
+/// describes itself or probes, when host calls are not allowed.
+pub struct ConnLink {
+    /// Shared broker state: router, sessions.
+    pub broker: Arc<BrokerCore>,
+    /// This connection's inbox, for the router and for takeover.
+    pub mailbox: Arc<Mailbox>,
+}
+
+impl ConnLink {
+    /// The connection id.
+    pub fn id(&self) -> u64 {
+        self.mailbox.connection
+    }
+}
+
+/// Changes to connection timers asked for during a call, applied by the
+/// connection after the call returns.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TimerRequests {
+    /// New idle timeout (`Some(None)` turns it off).
+    pub idle: Option<Option<Duration>>,
+    /// New guest timer (`Some(None)` cancels it).
+    pub timer: Option<Option<Duration>>,
+}
+
+/// Memory and table limits of one instance, remembering a refusal so an
+/// out-of-memory trap can be told apart from other traps.
+pub struct GuestLimiter {
+    memory_bytes: usize,
+    /// Set once a growth was refused.
+    pub refused: bool,
+}
+
+impl ResourceLimiter for GuestLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.memory_bytes;
+        self.refused |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired <= MAX_TABLE_ELEMENTS;
+        self.refused |= !allowed;
+        Ok(allowed)
+    }
+}
+
+/// The data of one guest's `Store`.
+pub struct GuestState {
+    /// The protocol this guest implements.
+    pub env: Arc<ProtocolEnv>,
+    /// The connection, once the guest serves one.
+    pub link: Option<ConnLink>,
+    /// Bytes the guest sent, not yet written to the socket.
+    pub out: Vec<u8>,
+    /// Set when the guest asked to close.
+    pub close: Option<String>,
+    /// Timer changes asked for in the current call.
+    pub timers: TimerRequests,
+    /// Bytes the guest passed to the host in the current call.
+    pub call_input: usize,
+    /// Epoch ticks left in the current call.
+    pub ticks_left: u32,
+    /// Memory limits.
+    pub limiter: GuestLimiter,
+    /// Subscriptions of this connection: guest id -> router key.
+    pub subscriptions: HashMap<u32, SubscriptionKey>,
+    /// Next subscription id to hand out.
+    pub next_subscription: u32,
+    /// At-least-once deliveries handed to the guest and not yet acked.
+    pub unacked: HashSet<u64>,
+    /// The will to publish if the connection ends with it still set.
+    pub will: Option<Will>,
+    /// Client id of the attached session.
+    pub session: Option<String>,
+    /// Who `authenticate` said the client is.
+    pub principal: Option<String>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl GuestState {
+    /// State for a guest of `env`; `connection` tags its log output.
+    pub fn new(env: Arc<ProtocolEnv>, connection: u64) -> Self {
+        let budget = env.guest_output_bytes;
+        let stdout = GuestOutput::new(env.name.clone(), connection, "stdout", budget);
+        let stderr = GuestOutput::new(env.name.clone(), connection, "stderr", budget);
+        // No preopens, no environment, no network: the builder's defaults
+        // deny all socket addresses, and the import check refuses the rest.
+        let wasi = WasiCtx::builder().stdout(stdout).stderr(stderr).build();
+        let memory_bytes = env.limits.memory_bytes;
+        Self {
+            env,
+            link: None,
+            out: Vec::new(),
+            close: None,
+            timers: TimerRequests::default(),
+            call_input: 0,
+            ticks_left: 0,
+            limiter: GuestLimiter {
+                memory_bytes,
+                refused: false,
+            },
+            subscriptions: HashMap::new(),
+            next_subscription: 1,
+            unacked: HashSet::new(),
+            will: None,
+            session: None,
+            principal: None,
+            wasi,
+            table: ResourceTable::new(),
+        }
+    }
+
+    /// The connection link, or a violation when the guest may not call the host now.
+    pub fn link(&self) -> wasmtime::Result<&ConnLink> {
+        self.link.as_ref().ok_or_else(|| {
+            Violation("host called outside a connection (from describe or probe)".into()).into()
+        })
+    }
+
+    /// Count `bytes` passed by the guest in this call against its budget.
+    pub fn charge(&mut self, bytes: usize) -> wasmtime::Result<()> {
+        self.call_input = self.call_input.saturating_add(bytes);
+        if self.call_input > self.env.limits.call_input_bytes {
+            return Err(Violation(format!(
+                "passed more than {} bytes to the host in one call",
+                self.env.limits.call_input_bytes
+            ))
+            .into());
+        }
+        Ok(())
+    }
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
