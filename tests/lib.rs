@@ -1,1 +1,222 @@
+//! Support for sandport's end-to-end tests.
+//!
+//! Builds the guest components and the `sandport` binary once per test
+//! process (cargo makes repeat builds a no-op), starts brokers in-process on
+//! ephemeral loopback ports, and offers small clients for raw sockets and the
+//! Debian command-line tools.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use sandport::{Broker, Config};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// How long any single expectation waits before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Guest crates built for the tests, by short name.
+const GUESTS: &[&str] = &["echo", "mqtt", "hostile", "foreign"];
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_owned()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+    command.current_dir(workspace_root());
+    command
+}
+
+fn run_cargo(args: &[&str]) {
+    let status = cargo().args(args).status().expect("running cargo");
+    assert!(status.success(), "cargo {} failed", args.join(" "));
+}
+
+/// Path of guest component `name` (`echo`, `mqtt`, `hostile`, `foreign`),
+/// building all guests on first use.
+pub fn guest(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let mut args = vec!["build", "--target", "wasm32-wasip2", "--profile", "guest"];
+        let packages: Vec<String> = GUESTS.iter().map(|g| format!("sandport-guest-{g}")).collect();
+        for package in &packages {
+            args.extend(["-p", package]);
+        }
+        run_cargo(&args);
+    });
+    let path = target_dir().join(format!("wasm32-wasip2/guest/sandport_guest_{name}.wasm"));
+    assert!(path.exists(), "guest {name} not found at {}", path.display());
+    path
+}
+
+/// Path of the `sandport` binary, built on first use.
+pub fn sandport_bin() -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| run_cargo(&["build", "-p", "sandport", "--bin", "sandport"]));
+    target_dir().join("debug/sandport")
+}
+
+/// Replace `{echo}`, `{mqtt}`, `{hostile}` and `{foreign}` in `toml` with
+/// the paths of the built guests.
+pub fn with_guest_paths(toml: &str) -> String {
+    GUESTS.iter().fold(toml.to_string(), |text, name| {
+        let placeholder = format!("{{{name}}}");
+        if text.contains(&placeholder) {
+            text.replace(&placeholder, &guest(name).display().to_string())
+        } else {
+            text
+        }
+    })
+}
+
+/// Log to the test output (`RUST_LOG` filters; warnings by default).
+pub fn init_logging() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    });
+}
+
+/// A broker running in this test process.
+pub struct TestBroker {
+    broker: Option<Broker>,
+}
+
+impl TestBroker {
+    /// Start a broker from config text (guest placeholders are filled in).
+    pub async fn start(toml: &str) -> TestBroker {
+        init_logging();
+        let text = with_guest_paths(toml);
+        let config =
+            Config::parse(&text, Path::new("test.toml"), workspace_root()).expect("test config is valid");
+        let broker = Broker::start(&config).await.expect("broker starts");
+        TestBroker { broker: Some(broker) }
+    }
+
+    fn broker(&self) -> &Broker {
+        self.broker.as_ref().expect("broker is running")
+    }
+
+    /// Address of listener `name`.
+    pub fn addr(&self, name: &str) -> std::net::SocketAddr {
+        self.broker().local_addr(name).unwrap_or_else(|| panic!("no listener named {name}"))
+    }
+
+    /// Value of counter `counter` of protocol `protocol`.
+    pub fn counter(&self, protocol: &str, counter: &str) -> u64 {
+        let metrics = self.broker().metrics(protocol).expect("protocol exists");
+        metrics.get(counter).unwrap_or_else(|| panic!("no counter {counter}"))
+    }
+
+    /// Wait until `counter` of `protocol` reaches at least `value`.
+    pub async fn wait_counter(&self, protocol: &str, counter: &str, value: u64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.counter(protocol, counter) < value {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{protocol}.{counter} stayed at {} (wanted {value})",
+                self.counter(protocol, counter)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Number of subscriptions in the router.
+    pub fn subscriptions(&self) -> usize {
+        self.broker().core().router.len()
+    }
+
+    /// Wait until the router holds at least `count` subscriptions.
+    pub async fn wait_subscriptions(&self, count: usize) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.subscriptions() < count {
+            assert!(tokio::time::Instant::now() < deadline, "only {} subscriptions", self.subscriptions());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Shut the broker down gracefully.
+    pub async fn shutdown(mut self) {
+        if let Some(broker) = self.broker.take() {
+            broker.shutdown().await;
+        }
+    }
+}
+
+/// A client for line protocols over a raw socket.
+pub struct LineClient {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+}
+
+impl LineClient {
+    /// Connect to `addr`.
+    pub async fn connect(addr: std::net::SocketAddr) -> LineClient {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (read, writer) = stream.into_split();
+        LineClient { reader: BufReader::new(read), writer }
+    }
+
+    /// Send raw bytes.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.expect("write");
+    }
+
+    /// Send one line (a `\n` is appended).
+    pub async fn send_line(&mut self, line: &str) {
+        self.send(format!("{line}\n").as_bytes()).await;
+    }
+
+    /// Read one line without its `\n`; `None` when the server closed.
+    pub async fn read_line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        let n = tokio::time::timeout(WAIT, self.reader.read_line(&mut line))
+            .await
+            .expect("a line within the wait time")
+            .ok()?;
+        (n > 0).then(|| line.trim_end_matches('\n').to_string())
+    }
+
+    /// Send a line and return the reply line.
+    pub async fn ask(&mut self, line: &str) -> String {
+        self.send_line(line).await;
+        self.read_line().await.expect("a reply before close")
+    }
+
+    /// Assert that the server closes the connection (possibly after some
+    /// lines, which are returned).
+    pub async fn expect_closed(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Some(line) = self.read_line().await {
+            lines.push(line);
+        }
+        lines
+    }
+}
+
+/// Run a command-line client with a time limit; returns (status ok, stdout, stderr).
+pub async fn run_tool(program: &str, args: &[&str]) -> (bool, String, String) {
+    let output = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(program).args(args).kill_on_drop(true).output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{program} {} timed out", args.join(" ")))
+    .unwrap_or_else(|e| panic!("cannot run {program} (is it installed?): {e}"));
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

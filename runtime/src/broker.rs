@@ -43,16 +43,12 @@ pub struct BrokerCore {
 
 impl BrokerCore {
     fn new() -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let server_id = format!("SP{:016X}{:08X}", nanos as u64, std::process::id());
         Self {
             router: Router::default(),
-            sessions: Sessions::new(format!(
-                "sandport-{}",
-                &server_id[2..10].to_ascii_lowercase()
-            )),
+            sessions: Sessions::new(format!("sandport-{}", &server_id[2..10].to_ascii_lowercase())),
             server_id,
             next_connection: AtomicU64::new(1),
         }
@@ -74,11 +70,7 @@ pub enum StartError {
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("listener `{listener}`: cannot bind {addr}: {source}")]
-    Bind {
-        listener: String,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { listener: String, addr: SocketAddr, source: std::io::Error },
 }
 
 /// A listener that is accepting.
@@ -111,20 +103,11 @@ impl Broker {
             .iter()
             .map(|l| l.max_connections.saturating_mul(l.protocols.len() as u32))
             .fold(SPARE_INSTANCES, u32::saturating_add);
-        let memory_bytes = config
-            .protocols
-            .values()
-            .map(|p| p.limits.memory_bytes)
-            .max()
-            .unwrap_or(1 << 20);
-        let engine = build_engine(PoolSize {
-            instances,
-            memory_bytes,
-        })
-        .map_err(|e| StartError::Engine(format!("{e:#}")))?;
+        let memory_bytes = config.protocols.values().map(|p| p.limits.memory_bytes).max().unwrap_or(1 << 20);
+        let engine = build_engine(PoolSize { instances, memory_bytes })
+            .map_err(|e| StartError::Engine(format!("{e:#}")))?;
         let linker = build_linker(&engine).map_err(|e| StartError::Engine(format!("{e:#}")))?;
-        let clock =
-            EpochClock::start(engine.clone()).map_err(|e| StartError::Engine(e.to_string()))?;
+        let clock = EpochClock::start(engine.clone()).map_err(|e| StartError::Engine(e.to_string()))?;
 
         let mut protocols = BTreeMap::new();
         for (name, protocol_config) in &config.protocols {
@@ -137,14 +120,8 @@ impl Broker {
                 guest_output_bytes: config.broker.guest_output_bytes,
             };
             let path = config.resolve(&protocol_config.component);
-            let protocol = Protocol::load(
-                &engine,
-                &linker,
-                env,
-                &path,
-                protocol_config.sha256.as_deref(),
-            )
-            .await?;
+            let protocol =
+                Protocol::load(&engine, &linker, env, &path, protocol_config.sha256.as_deref()).await?;
             let d = &protocol.description;
             tracing::info!(
                 protocol = name,
@@ -165,23 +142,15 @@ impl Broker {
         let mut tasks = Vec::new();
         for listener_config in &config.listeners {
             let name = listener_config.display_name();
-            let socket = TcpListener::bind(listener_config.bind)
-                .await
-                .map_err(|source| StartError::Bind {
-                    listener: name.clone(),
-                    addr: listener_config.bind,
-                    source,
-                })?;
+            let socket = TcpListener::bind(listener_config.bind).await.map_err(|source| {
+                StartError::Bind { listener: name.clone(), addr: listener_config.bind, source }
+            })?;
             let addr = socket.local_addr().map_err(|source| StartError::Bind {
                 listener: name.clone(),
                 addr: listener_config.bind,
                 source,
             })?;
-            let candidates = listener_config
-                .protocols
-                .iter()
-                .map(|p| protocols[p].clone())
-                .collect();
+            let candidates = listener_config.protocols.iter().map(|p| protocols[p].clone()).collect();
             tracing::info!(listener = name, %addr, protocols = ?listener_config.protocols, "listening");
             bound.push(BoundListener {
                 name: name.clone(),
@@ -220,10 +189,7 @@ impl Broker {
 
     /// Address of the listener named `name`.
     pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners
-            .iter()
-            .find(|l| l.name == name)
-            .map(|l| l.addr)
+        self.listeners.iter().find(|l| l.name == name).map(|l| l.addr)
     }
 
     /// Counters of protocol `name`.
@@ -248,10 +214,7 @@ impl Broker {
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         self.tracker.close();
-        if tokio::time::timeout(self.grace, self.tracker.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(self.grace, self.tracker.wait()).await.is_err() {
             tracing::warn!(
                 remaining = self.tracker.len(),
                 "grace period over; dropping remaining connections"

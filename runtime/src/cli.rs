@@ -88,15 +88,10 @@ async fn check(component: &Path, pin: Option<&str>) -> ExitCode {
 /// Load `path` as the broker would and report what it is.
 pub async fn describe_component(path: &Path, pin: Option<&str>) -> Result<String, String> {
     let limits = Limits::default();
-    let engine = build_engine(PoolSize {
-        instances: 4,
-        memory_bytes: limits.memory_bytes,
-    })
-    .map_err(|e| e.to_string())?;
+    let engine = build_engine(PoolSize { instances: 4, memory_bytes: limits.memory_bytes })
+        .map_err(|e| e.to_string())?;
     let linker = build_linker(&engine).map_err(|e| e.to_string())?;
-    let name = path
-        .file_stem()
-        .map_or("guest".into(), |s| s.to_string_lossy().into_owned());
+    let name = path.file_stem().map_or("guest".into(), |s| s.to_string_lossy().into_owned());
     let env = ProtocolEnv {
         name: name.as_str().into(),
         kv: Kv::new(0),
@@ -105,9 +100,7 @@ pub async fn describe_component(path: &Path, pin: Option<&str>) -> Result<String
         metrics: ProtocolMetrics::default(),
         guest_output_bytes: 16 * 1024,
     };
-    let protocol = Protocol::load(&engine, &linker, env, path, pin)
-        .await
-        .map_err(|e| e.to_string())?;
+    let protocol = Protocol::load(&engine, &linker, env, path, pin).await.map_err(|e| e.to_string())?;
     let d = &protocol.description;
     Ok(format!(
         "component: {}\nsha256: {}\nname: {}\nversion: {}\nframing: {:?}\nspeaks-first: {}\nimports: {}\n",

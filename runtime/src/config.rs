@@ -46,10 +46,7 @@ pub struct BrokerSettings {
 
 impl Default for BrokerSettings {
     fn default() -> Self {
-        Self {
-            shutdown_grace_ms: 5_000,
-            guest_output_bytes: 16 * 1024,
-        }
+        Self { shutdown_grace_ms: 5_000, guest_output_bytes: 16 * 1024 }
     }
 }
 
@@ -65,10 +62,7 @@ pub struct Storage {
 
 impl Default for Storage {
     fn default() -> Self {
-        Self {
-            engine: StorageEngine::Memory,
-            data_dir: PathBuf::from("data"),
-        }
+        Self { engine: StorageEngine::Memory, data_dir: PathBuf::from("data") }
     }
 }
 
@@ -200,11 +194,7 @@ pub struct Grants {
 
 impl Default for Grants {
     fn default() -> Self {
-        Self {
-            publish: vec!["#".into()],
-            subscribe: vec!["#".into()],
-            kv_quota_bytes: 1024 * 1024,
-        }
+        Self { publish: vec!["#".into()], subscribe: vec!["#".into()], kv_quota_bytes: 1024 * 1024 }
     }
 }
 
@@ -212,58 +202,38 @@ impl Default for Grants {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
     #[error("{path}: `{key}`: {message}")]
-    Invalid {
-        path: PathBuf,
-        key: String,
-        message: String,
-    },
+    Invalid { path: PathBuf, key: String, message: String },
 }
 
 impl Config {
     /// Read and validate a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
         Self::parse(&text, path, base_dir)
     }
 
     /// Parse and validate config text; `path` is only used in errors.
     pub fn parse(text: &str, path: &Path, base_dir: PathBuf) -> Result<Self, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(e),
-        })?;
+        let mut config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), source: Box::new(e) })?;
         config.base_dir = base_dir;
-        config
-            .validate()
-            .map_err(|(key, message)| ConfigError::Invalid {
-                path: path.to_owned(),
-                key,
-                message,
-            })?;
+        config.validate().map_err(|(key, message)| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        })?;
         Ok(config)
     }
 
     /// Resolve a path from the config against the config file's directory.
     pub fn resolve(&self, path: &Path) -> PathBuf {
-        if path.is_absolute() {
-            path.to_owned()
-        } else {
-            self.base_dir.join(path)
-        }
+        if path.is_absolute() { path.to_owned() } else { self.base_dir.join(path) }
     }
 
     /// Cross-field checks serde cannot express. Returns the key path and why.
@@ -290,14 +260,8 @@ impl Config {
         }
         for (name, protocol) in &self.protocols {
             let key = |field: &str| format!("protocols.{name}.{field}");
-            if !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return Err((
-                    format!("protocols.{name}"),
-                    "names use a-z, 0-9, - and _".into(),
-                ));
+            if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err((format!("protocols.{name}"), "names use a-z, 0-9, - and _".into()));
             }
             if let Some(pin) = &protocol.sha256
                 && (pin.len() != 64 || !pin.chars().all(|c| c.is_ascii_hexdigit()))
@@ -309,16 +273,10 @@ impl Config {
                 return Err((key("limits.max_connections"), "must be at least 1".into()));
             }
             if limits.memory_bytes < 64 * 1024 || limits.memory_bytes > 4 << 30 {
-                return Err((
-                    key("limits.memory_bytes"),
-                    "must be between 64 KiB and 4 GiB".into(),
-                ));
+                return Err((key("limits.memory_bytes"), "must be between 64 KiB and 4 GiB".into()));
             }
             if limits.call_deadline_ms == 0 || limits.call_deadline_ms > 60_000 {
-                return Err((
-                    key("limits.call_deadline_ms"),
-                    "must be between 1 and 60000".into(),
-                ));
+                return Err((key("limits.call_deadline_ms"), "must be between 1 and 60000".into()));
             }
             if limits.max_frame_bytes < 16 {
                 return Err((key("limits.max_frame_bytes"), "must be at least 16".into()));
@@ -334,8 +292,7 @@ impl Config {
                 ("grants.subscribe", &protocol.grants.subscribe),
             ] {
                 for filter in filters {
-                    topic::validate_filter(filter)
-                        .map_err(|e| (key(field), format!("`{filter}`: {e}")))?;
+                    topic::validate_filter(filter).map_err(|e| (key(field), format!("`{filter}`: {e}")))?;
                 }
             }
         }

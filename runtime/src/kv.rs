@@ -33,10 +33,7 @@ pub struct QuotaExceeded {
 impl Kv {
     /// An empty store holding at most `quota` bytes.
     pub fn new(quota: usize) -> Self {
-        Self {
-            quota,
-            inner: Mutex::default(),
-        }
+        Self { quota, inner: Mutex::default() }
     }
 
     /// The value under `key`.

@@ -144,9 +144,7 @@ impl Inbox {
     pub async fn recv_batch(&mut self, into: &mut Vec<Routed>, max: usize) -> usize {
         let n = self.rx.recv_many(into, max).await;
         let released: usize = into[into.len() - n..].iter().map(Routed::charge).sum();
-        self.mailbox
-            .queued_bytes
-            .fetch_sub(released, Ordering::AcqRel);
+        self.mailbox.queued_bytes.fetch_sub(released, Ordering::AcqRel);
         n
     }
 }

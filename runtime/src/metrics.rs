@@ -45,9 +45,6 @@ impl ProtocolMetrics {
 
     /// The value of one counter by name.
     pub fn get(&self, name: &str) -> Option<u64> {
-        self.snapshot()
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v)
+        self.snapshot().into_iter().find(|(n, _)| *n == name).map(|(_, v)| v)
     }
 }

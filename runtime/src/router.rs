@@ -51,25 +51,15 @@ struct Node {
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.children.is_empty()
-            && self.plus.is_none()
-            && self.here.is_empty()
-            && self.rest.is_empty()
+        self.children.is_empty() && self.plus.is_none() && self.here.is_empty() && self.rest.is_empty()
     }
 
     fn insert(&mut self, mut levels: std::str::Split<'_, char>, key: SubscriptionKey) {
         match levels.next() {
             None => self.here.push(key),
             Some("#") => self.rest.push(key),
-            Some("+") => self
-                .plus
-                .get_or_insert_with(Default::default)
-                .insert(levels, key),
-            Some(level) => self
-                .children
-                .entry(level.into())
-                .or_default()
-                .insert(levels, key),
+            Some("+") => self.plus.get_or_insert_with(Default::default).insert(levels, key),
+            Some(level) => self.children.entry(level.into()).or_default().insert(levels, key),
         }
     }
 
@@ -134,11 +124,7 @@ impl Groups {
         if let Some(cursor) = self.cursors.read().get(group) {
             return cursor.clone();
         }
-        self.cursors
-            .write()
-            .entry(group.to_string())
-            .or_default()
-            .clone()
+        self.cursors.write().entry(group.to_string()).or_default().clone()
     }
 }
 
@@ -157,11 +143,7 @@ impl Router {
         let mut index = self.index.write();
         match subscription.kind {
             FilterKind::Wildcard => index.wildcard.insert(subscription.filter.split('/'), key),
-            FilterKind::Exact => index
-                .exact
-                .entry(subscription.filter.clone())
-                .or_default()
-                .push(key),
+            FilterKind::Exact => index.exact.entry(subscription.filter.clone()).or_default().push(key),
             FilterKind::Glob => index.globs.push(key),
         }
         index.subscriptions.insert(key, subscription);
@@ -206,16 +188,15 @@ impl Router {
         let index = self.index.read();
         let mut keys = Vec::new();
         let levels: Vec<&str> = message.topic.split('/').collect();
-        index
-            .wildcard
-            .collect(&levels, 0, message.topic.starts_with('$'), &mut keys);
+        index.wildcard.collect(&levels, 0, message.topic.starts_with('$'), &mut keys);
         if let Some(exact) = index.exact.get(&message.topic) {
             keys.extend_from_slice(exact);
         }
         keys.extend(
-            index.globs.iter().filter(|key| {
-                topic::glob_matches(&index.subscriptions[key].filter, &message.topic)
-            }),
+            index
+                .globs
+                .iter()
+                .filter(|key| topic::glob_matches(&index.subscriptions[key].filter, &message.topic)),
         );
 
         let mut receivers = 0;
@@ -248,11 +229,7 @@ impl Router {
 /// counts it); the subscription still counts as a receiver.
 fn deliver(subscription: &Subscription, message: &Arc<Message>) {
     let qos = min_qos(message.qos, subscription.max_qos);
-    let routed = Routed {
-        subscription: subscription.id,
-        message: message.clone(),
-        qos,
-    };
+    let routed = Routed { subscription: subscription.id, message: message.clone(), qos };
     if subscription.mailbox.push(routed) == Pushed::Dropped {
         tracing::debug!(
             connection = subscription.mailbox.connection,
@@ -314,11 +291,8 @@ mod tests {
 
     async fn drain(inbox: &mut Inbox) -> Vec<u32> {
         let mut batch = Vec::new();
-        while let Ok(n) = tokio::time::timeout(
-            std::time::Duration::from_millis(5),
-            inbox.recv_batch(&mut batch, 100),
-        )
-        .await
+        while let Ok(n) =
+            tokio::time::timeout(std::time::Duration::from_millis(5), inbox.recv_batch(&mut batch, 100)).await
         {
             if n == 0 {
                 break;
@@ -358,22 +332,8 @@ mod tests {
         let router = Router::default();
         let (a, mut inbox_a) = Mailbox::new(1, 1 << 20);
         let (b, mut inbox_b) = Mailbox::new(2, 1 << 20);
-        subscribe(
-            &router,
-            &a,
-            1,
-            "jobs/#",
-            FilterKind::Wildcard,
-            Some("workers"),
-        );
-        subscribe(
-            &router,
-            &b,
-            1,
-            "jobs/#",
-            FilterKind::Wildcard,
-            Some("workers"),
-        );
+        subscribe(&router, &a, 1, "jobs/#", FilterKind::Wildcard, Some("workers"));
+        subscribe(&router, &b, 1, "jobs/#", FilterKind::Wildcard, Some("workers"));
         for _ in 0..10 {
             assert_eq!(router.publish(message("jobs/x"), 9), 1);
         }

@@ -32,49 +32,32 @@ pub struct Sessions {
 impl Sessions {
     /// A registry whose assigned client ids start with `prefix`.
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self {
-            holders: Mutex::default(),
-            assigned: AtomicU64::new(1),
-            prefix: prefix.into(),
-        }
+        Self { holders: Mutex::default(), assigned: AtomicU64::new(1), prefix: prefix.into() }
     }
 
     /// Attach `mailbox`'s connection to `client_id` of `protocol`, closing
     /// any other connection holding it.
     pub fn attach(&self, protocol: &Arc<str>, client_id: &str, mailbox: &Arc<Mailbox>) -> Attached {
         let client_id = if client_id.is_empty() {
-            format!(
-                "{}-{}",
-                self.prefix,
-                self.assigned.fetch_add(1, Ordering::Relaxed)
-            )
+            format!("{}-{}", self.prefix, self.assigned.fetch_add(1, Ordering::Relaxed))
         } else {
             client_id.to_string()
         };
-        let previous = self
-            .holders
-            .lock()
-            .insert((protocol.clone(), client_id.clone()), mailbox.clone());
+        let previous = self.holders.lock().insert((protocol.clone(), client_id.clone()), mailbox.clone());
         if let Some(previous) = previous
             && previous.connection != mailbox.connection
         {
             tracing::info!(%protocol, client_id, old = previous.connection, new = mailbox.connection, "session taken over");
             previous.kick(Kick::SessionTakenOver);
         }
-        Attached {
-            client_id,
-            present: false,
-        }
+        Attached { client_id, present: false }
     }
 
     /// Release `client_id` if `connection` still holds it; returns whether it did.
     pub fn release(&self, protocol: &Arc<str>, client_id: &str, connection: u64) -> bool {
         let mut holders = self.holders.lock();
         let key = (protocol.clone(), client_id.to_string());
-        if holders
-            .get(&key)
-            .is_some_and(|m| m.connection == connection)
-        {
+        if holders.get(&key).is_some_and(|m| m.connection == connection) {
             holders.remove(&key);
             true
         } else {
@@ -95,10 +78,7 @@ mod tests {
         let (new, _new_inbox) = Mailbox::new(2, 1024);
         sessions.attach(&protocol, "c1", &old);
         sessions.attach(&protocol, "c1", &new);
-        assert!(
-            !sessions.release(&protocol, "c1", 1),
-            "the old holder no longer owns it"
-        );
+        assert!(!sessions.release(&protocol, "c1", 1), "the old holder no longer owns it");
         assert!(sessions.release(&protocol, "c1", 2));
     }
 

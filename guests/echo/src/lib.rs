@@ -41,10 +41,8 @@ impl Handler for Echo {
     }
 
     fn probe(prefix: Vec<u8>) -> ProbeResult {
-        let word_len = prefix
-            .iter()
-            .position(|b| *b == b' ' || *b == b'\r' || *b == b'\n')
-            .unwrap_or(prefix.len());
+        let word_len =
+            prefix.iter().position(|b| *b == b' ' || *b == b'\r' || *b == b'\n').unwrap_or(prefix.len());
         let word = &prefix[..word_len];
         let complete = word_len < prefix.len();
         if complete && COMMANDS.contains(&word) {
@@ -58,10 +56,7 @@ impl Handler for Echo {
 
     fn frame_lengths(_buffer: Vec<u8>) -> FrameScan {
         // Delimiter framing is done by the host; this is never called.
-        FrameScan {
-            complete: Vec::new(),
-            next: NextFrame::Unknown,
-        }
+        FrameScan { complete: Vec::new(), next: NextFrame::Unknown }
     }
 
     fn on_open(_info: ConnectionInfo) {}

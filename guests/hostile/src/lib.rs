@@ -59,10 +59,7 @@ impl Handler for Hostile {
     }
 
     fn frame_lengths(_buffer: Vec<u8>) -> FrameScan {
-        FrameScan {
-            complete: Vec::new(),
-            next: NextFrame::Unknown,
-        }
+        FrameScan { complete: Vec::new(), next: NextFrame::Unknown }
     }
 
     fn on_open(_info: ConnectionInfo) {}

@@ -50,11 +50,7 @@ impl<'a> Reader<'a> {
     }
 
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|end| *end <= self.bytes.len())
-            .ok_or("packet too short")?;
+        let end = self.at.checked_add(n).filter(|end| *end <= self.bytes.len()).ok_or("packet too short")?;
         let slice = &self.bytes[self.at..end];
         self.at = end;
         Ok(slice)
@@ -167,12 +163,7 @@ pub fn connect(body: &[u8]) -> Result<Connect<'_>, DecodeError> {
     let will = if will_flag {
         let topic = r.string()?;
         let payload = r.binary()?;
-        Some(Will {
-            topic,
-            payload,
-            qos: will_qos,
-            retain: will_retain,
-        })
+        Some(Will { topic, payload, qos: will_qos, retain: will_retain })
     } else {
         None
     };
@@ -181,16 +172,8 @@ pub fn connect(body: &[u8]) -> Result<Connect<'_>, DecodeError> {
     if has_password && !has_username && level <= 4 {
         return Err("password without a user name".into());
     }
-    let username = if has_username {
-        Some(r.string()?)
-    } else {
-        None
-    };
-    let password = if has_password {
-        Some(r.binary()?)
-    } else {
-        None
-    };
+    let username = if has_username { Some(r.string()?) } else { None };
+    let password = if has_password { Some(r.binary()?) } else { None };
     if !r.is_empty() {
         return Err("bytes after the CONNECT payload".into());
     }
@@ -231,15 +214,9 @@ mod tests {
         put_string(&mut body, b"user");
         put_string(&mut body, b"pass");
         let c = connect(&body).unwrap();
-        assert_eq!(
-            (c.level, c.keep_alive, c.client_id, c.clean_session),
-            (4, 60, "client", true)
-        );
+        assert_eq!((c.level, c.keep_alive, c.client_id, c.clean_session), (4, 60, "client", true));
         let will = c.will.unwrap();
-        assert_eq!(
-            (will.topic, will.payload, will.qos, will.retain),
-            ("will/topic", &b"bye"[..], 0, true)
-        );
+        assert_eq!((will.topic, will.payload, will.qos, will.retain), ("will/topic", &b"bye"[..], 0, true));
         assert_eq!((c.username, c.password), (Some("user"), Some(&b"pass"[..])));
     }
 

@@ -19,9 +19,9 @@ use std::collections::HashMap;
 
 use codec::{DecodeError, Reader, kind, put_packet, put_string, split};
 use sandport_guest::types::{
-    CloseReason, ConnectionInfo, Credentials, Delivery, ErrorCode, FilterKind, FrameScan, Framing,
-    Message, NextFrame, ProbeResult, ProtocolInfo, Qos, RetainedHandling, SessionOptions,
-    SubscribeOptions, VarintLength, Will,
+    CloseReason, ConnectionInfo, Credentials, Delivery, ErrorCode, FilterKind, FrameScan, Framing, Message,
+    NextFrame, ProbeResult, ProtocolInfo, Qos, RetainedHandling, SessionOptions, SubscribeOptions,
+    VarintLength, Will,
 };
 use sandport_guest::{Handler, host, message};
 
@@ -69,10 +69,7 @@ impl Handler for Mqtt {
         ProtocolInfo {
             name: "mqtt".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            framing: Framing::VarintLength(VarintLength {
-                offset: 1,
-                max_bytes: 4,
-            }),
+            framing: Framing::VarintLength(VarintLength { offset: 1, max_bytes: 4 }),
             speaks_first: false,
         }
     }
@@ -82,21 +79,15 @@ impl Handler for Mqtt {
     }
 
     fn frame_lengths(_buffer: Vec<u8>) -> FrameScan {
-        FrameScan {
-            complete: Vec::new(),
-            next: NextFrame::Unknown,
-        }
+        FrameScan { complete: Vec::new(), next: NextFrame::Unknown }
     }
 
     fn on_open(_info: ConnectionInfo) {}
 
     fn on_frames(frames: Vec<Vec<u8>>) -> Result<(), String> {
         let mut out = Vec::new();
-        let result = SESSION.with_borrow_mut(|session| {
-            frames
-                .iter()
-                .try_for_each(|frame| handle(session, frame, &mut out))
-        });
+        let result = SESSION
+            .with_borrow_mut(|session| frames.iter().try_for_each(|frame| handle(session, frame, &mut out)));
         host::send(&out);
         result
     }
@@ -139,11 +130,7 @@ fn probe(prefix: &[u8]) -> ProbeResult {
         if rest[..n] != name[..n] {
             continue;
         }
-        return if n == name.len() {
-            ProbeResult::Matched(200)
-        } else {
-            ProbeResult::NeedMore
-        };
+        return if n == name.len() { ProbeResult::Matched(200) } else { ProbeResult::NeedMore };
     }
     ProbeResult::NoMatch
 }
@@ -195,18 +182,10 @@ fn connack(out: &mut Vec<u8>, session_present: bool, code: u8) {
     put_packet(out, kind::CONNACK << 4, &[u8::from(session_present), code]);
 }
 
-fn on_connect(
-    session: &mut Session,
-    flags: u8,
-    body: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), DecodeError> {
+fn on_connect(session: &mut Session, flags: u8, body: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError> {
     expect_flags(flags, 0, "CONNECT")?;
     let connect = codec::connect(body)?;
-    let supported = matches!(
-        (connect.protocol_name, connect.level),
-        ("MQTT", 4) | ("MQIsdp", 3)
-    );
+    let supported = matches!((connect.protocol_name, connect.level), ("MQTT", 4) | ("MQIsdp", 3));
     if !supported {
         connack(out, false, connack::BAD_PROTOCOL_VERSION);
         host::close("unsupported protocol level");
@@ -244,10 +223,7 @@ fn on_connect(
         let mut message = message(will.topic, will.payload);
         message.retain = will.retain;
         message.qos = qos_from(will.qos);
-        if let Err(e) = host::set_will(Some(&Will {
-            message,
-            delay_secs: 0,
-        })) {
+        if let Err(e) = host::set_will(Some(&Will { message, delay_secs: 0 })) {
             connack(out, false, connack::NOT_AUTHORIZED);
             host::close(&format!("will refused: {}", e.message));
             return Ok(());
@@ -298,10 +274,7 @@ fn on_publish(flags: u8, body: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeErr
         if e.code != ErrorCode::NotAuthorized {
             return Err(format!("publish refused: {}", e.message));
         }
-        host::log(
-            sandport_guest::types::LogLevel::Info,
-            &format!("publish refused: {}", e.message),
-        );
+        host::log(sandport_guest::types::LogLevel::Info, &format!("publish refused: {}", e.message));
     }
     match packet_id {
         Some(id) if qos == 1 => put_packet(out, kind::PUBACK << 4, &id.to_be_bytes()),
@@ -327,21 +300,14 @@ fn shared(filter: &str) -> Result<(Option<&str>, &str), DecodeError> {
         return Ok((None, filter));
     };
     match rest.split_once('/') {
-        Some((group, inner))
-            if !group.is_empty() && !group.contains(['+', '#']) && !inner.is_empty() =>
-        {
+        Some((group, inner)) if !group.is_empty() && !group.contains(['+', '#']) && !inner.is_empty() => {
             Ok((Some(group), inner))
         }
         _ => Err("malformed $share filter".into()),
     }
 }
 
-fn on_subscribe(
-    session: &mut Session,
-    flags: u8,
-    body: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), DecodeError> {
+fn on_subscribe(session: &mut Session, flags: u8, body: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError> {
     expect_flags(flags, 0b0010, "SUBSCRIBE")?;
     let mut r = Reader::new(body);
     let packet_id = r.u16()?;
@@ -420,11 +386,7 @@ fn encode_delivery(session: &mut Session, delivery: Delivery, out: &mut Vec<u8>)
     body.extend_from_slice(&message.payload);
     // Live messages go out with RETAIN clear (3.3.1.3); stored ones with it set.
     let retain = u8::from(delivery.from_retained && message.retain);
-    let dup = if delivery.redelivered && qos > 0 {
-        0x08
-    } else {
-        0
-    };
+    let dup = if delivery.redelivered && qos > 0 { 0x08 } else { 0 };
     put_packet(out, (kind::PUBLISH << 4) | dup | (qos << 1) | retain, &body);
 }
 

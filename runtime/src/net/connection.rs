@@ -22,9 +22,7 @@ use crate::mailbox::{Inbox, Kick, Mailbox, Routed};
 use crate::metrics::ProtocolMetrics;
 use crate::net::framing::{Framing, FramingError};
 use crate::net::probe;
-use crate::wasm::bindings::types::{
-    CloseReason, ConnectionInfo, Delivery, NextFrame, Qos, Transport,
-};
+use crate::wasm::bindings::types::{CloseReason, ConnectionInfo, Delivery, NextFrame, Qos, Transport};
 use crate::wasm::guest::{Fault, Guest};
 use crate::wasm::host::session_kv_prefix;
 use crate::wasm::protocol::Protocol;
@@ -100,16 +98,10 @@ pub async fn serve(listener: Arc<ListenerInfo>, mut stream: TcpStream, peer: Soc
         tracing::warn!(protocol = %protocol.env.name, %peer, "connection refused: max_connections reached");
         return;
     };
-    let local = stream
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let local = stream.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let (mailbox, inbox) = Mailbox::new(id, protocol.env.limits.outbound_buffer_bytes);
     let mut guest = chosen.guest;
-    guest.state_mut().link = Some(ConnLink {
-        broker: listener.core.clone(),
-        mailbox: mailbox.clone(),
-    });
+    guest.state_mut().link = Some(ConnLink { broker: listener.core.clone(), mailbox: mailbox.clone() });
     let info = ConnectionInfo {
         id,
         peer: peer.to_string(),
@@ -121,9 +113,7 @@ pub async fn serve(listener: Arc<ListenerInfo>, mut stream: TcpStream, peer: Soc
         max_frame_bytes: protocol.env.limits.max_frame_bytes,
     };
     ProtocolMetrics::bump(&metrics.connections_opened);
-    metrics
-        .connections_active
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    metrics.connections_active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::debug!(protocol = %protocol.env.name, %peer, conn = id, "connection opened");
 
     let mut connection = Connection {
@@ -145,9 +135,7 @@ pub async fn serve(listener: Arc<ListenerInfo>, mut stream: TcpStream, peer: Soc
     };
     let end = connection.run(&info).await;
     connection.finish(end, &listener.core).await;
-    metrics
-        .connections_active
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    metrics.connections_active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 struct Connection {
@@ -257,9 +245,7 @@ impl Connection {
                 return Ok(());
             }
             let metrics = &self.protocol.env.metrics;
-            metrics
-                .frames_in
-                .fetch_add(frames.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            metrics.frames_in.fetch_add(frames.len() as u64, std::sync::atomic::Ordering::Relaxed);
             let handled = self.guest.on_frames(&frames).await;
             match handled {
                 Ok(Err(reason)) => {
@@ -309,19 +295,13 @@ impl Connection {
         self.guest_needs = match scan.next {
             NextFrame::Invalid(reason) => return Err(self.framing_error(reason)),
             NextFrame::Needs(n) if n as usize > self.max_frame => {
-                let error = FramingError::TooLarge {
-                    size: n.into(),
-                    max: self.max_frame,
-                };
+                let error = FramingError::TooLarge { size: n.into(), max: self.max_frame };
                 return Err(self.framing_error(error.to_string()));
             }
             // A claim of needing what is already here would ask again at once.
             NextFrame::Needs(n) => (n as usize).max(buffered + 1),
             NextFrame::Unknown if buffered >= self.max_frame => {
-                let error = FramingError::TooLarge {
-                    size: buffered as u64,
-                    max: self.max_frame,
-                };
+                let error = FramingError::TooLarge { size: buffered as u64, max: self.max_frame };
                 return Err(self.framing_error(error.to_string()));
             }
             NextFrame::Unknown => buffered + 1,
@@ -354,10 +334,7 @@ impl Connection {
             });
         }
         let metrics = &self.protocol.env.metrics;
-        metrics.deliveries_out.fetch_add(
-            deliveries.len() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        metrics.deliveries_out.fetch_add(deliveries.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let delivered = self.guest.on_deliver(&deliveries).await;
         self.after_call(delivered).await
     }
@@ -427,8 +404,7 @@ impl Connection {
             match self.guest.on_close(&end.reason()).await {
                 Ok(()) => {
                     let out = std::mem::take(&mut self.guest.state_mut().out);
-                    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.stream.write_all(&out))
-                        .await;
+                    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.stream.write_all(&out)).await;
                 }
                 Err(fault) => {
                     self.fault(fault);
@@ -451,9 +427,7 @@ impl Connection {
         }
         let dropped = self.mailbox.dropped();
         if dropped > 0 {
-            env.metrics
-                .deliveries_dropped
-                .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
+            env.metrics.deliveries_dropped.fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
         }
         match &end {
             End::GuestClosed(reason) => {

@@ -16,12 +16,7 @@ pub enum Framing {
     /// Frames end with (and include) this sequence.
     Delimiter(Vec<u8>),
     /// Fixed-width length: total = offset + width + value + adjust.
-    LengthPrefix {
-        offset: usize,
-        width: usize,
-        big_endian: bool,
-        adjust: i64,
-    },
+    LengthPrefix { offset: usize, width: usize, big_endian: bool, adjust: i64 },
     /// Base-128 varint length: total = offset + field bytes + value.
     Varint { offset: usize, max_bytes: usize },
     /// The guest's `frame-lengths` splits frames.
@@ -73,10 +68,7 @@ impl Framing {
                 if v.offset > 64 {
                     return bad("varint-length offset above 64");
                 }
-                Ok(Self::Varint {
-                    offset: v.offset.into(),
-                    max_bytes: v.max_bytes.into(),
-                })
+                Ok(Self::Varint { offset: v.offset.into(), max_bytes: v.max_bytes.into() })
             }
             types::Framing::Guest => Ok(Self::Guest),
         }
@@ -90,29 +82,18 @@ impl Framing {
                 let window = &buf[..buf.len().min(max)];
                 match find(window, delimiter) {
                     Some(at) => Ok(Some(at + delimiter.len())),
-                    None if buf.len() >= max => Err(FramingError::TooLarge {
-                        size: buf.len() as u64,
-                        max,
-                    }),
+                    None if buf.len() >= max => Err(FramingError::TooLarge { size: buf.len() as u64, max }),
                     None => Ok(None),
                 }
             }
-            Self::LengthPrefix {
-                offset,
-                width,
-                big_endian,
-                adjust,
-            } => {
+            Self::LengthPrefix { offset, width, big_endian, adjust } => {
                 let header = offset + width;
                 let Some(field) = buf.get(*offset..header) else {
                     return Ok(None);
                 };
                 let push = |acc: u64, byte: &u8| (acc << 8) | u64::from(*byte);
-                let value = if *big_endian {
-                    field.iter().fold(0, push)
-                } else {
-                    field.iter().rev().fold(0, push)
-                };
+                let value =
+                    if *big_endian { field.iter().fold(0, push) } else { field.iter().rev().fold(0, push) };
                 let total = (header as i128) + i128::from(value) + i128::from(*adjust);
                 if total < header as i128 {
                     return Err(FramingError::TooShort);
@@ -160,18 +141,12 @@ mod tests {
         let f = Framing::Delimiter(b"\r\n".to_vec());
         assert_eq!(f.next_frame(b"PING\r\nPO", 100), Ok(Some(6)));
         assert_eq!(f.next_frame(b"PING\r", 100), Ok(None));
-        assert!(matches!(
-            f.next_frame(&[b'a'; 100], 100),
-            Err(FramingError::TooLarge { .. })
-        ));
+        assert!(matches!(f.next_frame(&[b'a'; 100], 100), Err(FramingError::TooLarge { .. })));
     }
 
     #[test]
     fn mqtt_varint() {
-        let f = Framing::Varint {
-            offset: 1,
-            max_bytes: 4,
-        };
+        let f = Framing::Varint { offset: 1, max_bytes: 4 };
         assert_eq!(f.next_frame(&[0xc0, 0x00], 100), Ok(Some(2)));
         assert_eq!(f.next_frame(&[0x30, 0x03, 1, 2], 100), Ok(None));
         assert_eq!(f.next_frame(&[0x30, 0x03, 1, 2, 3], 100), Ok(Some(5)));
@@ -189,37 +164,14 @@ mod tests {
 
     #[test]
     fn length_prefix_both_orders() {
-        let be = Framing::LengthPrefix {
-            offset: 0,
-            width: 2,
-            big_endian: true,
-            adjust: 0,
-        };
+        let be = Framing::LengthPrefix { offset: 0, width: 2, big_endian: true, adjust: 0 };
         assert_eq!(be.next_frame(&[0, 3, 1, 2, 3, 9], 100), Ok(Some(5)));
-        let le = Framing::LengthPrefix {
-            offset: 1,
-            width: 4,
-            big_endian: false,
-            adjust: -5,
-        };
+        let le = Framing::LengthPrefix { offset: 1, width: 4, big_endian: false, adjust: -5 };
         // total = 1 + 4 + 7 - 5 = 7
         assert_eq!(le.next_frame(&[9, 7, 0, 0, 0, 1, 2], 100), Ok(Some(7)));
-        let lying = Framing::LengthPrefix {
-            offset: 0,
-            width: 1,
-            big_endian: true,
-            adjust: -10,
-        };
+        let lying = Framing::LengthPrefix { offset: 0, width: 1, big_endian: true, adjust: -10 };
         assert_eq!(lying.next_frame(&[0], 100), Err(FramingError::TooShort));
-        let huge = Framing::LengthPrefix {
-            offset: 0,
-            width: 8,
-            big_endian: true,
-            adjust: 0,
-        };
-        assert!(matches!(
-            huge.next_frame(&[0xff; 8], 1000),
-            Err(FramingError::TooLarge { .. })
-        ));
+        let huge = Framing::LengthPrefix { offset: 0, width: 8, big_endian: true, adjust: 0 };
+        assert!(matches!(huge.next_frame(&[0xff; 8], 1000), Err(FramingError::TooLarge { .. })));
     }
 }

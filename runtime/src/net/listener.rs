@@ -50,13 +50,7 @@ impl ListenerTask {
             shutdown: shutdown.clone(),
         });
         let permits = Arc::new(Semaphore::new(config.max_connections as usize));
-        Self {
-            socket,
-            info,
-            permits,
-            shutdown,
-            tracker,
-        }
+        Self { socket, info, permits, shutdown, tracker }
     }
 
     /// Accept until shutdown.

@@ -57,25 +57,16 @@ pub async fn choose(
     probe_timeout: Duration,
 ) -> Result<Chosen, ProbeError> {
     if let [only] = candidates {
-        let guest = only
-            .instantiate(connection)
-            .await
-            .map_err(|f| ProbeError::Instantiate(f.to_string()))?;
-        return Ok(Chosen {
-            protocol: only.clone(),
-            guest,
-            buffered: BytesMut::new(),
-        });
+        let guest = only.instantiate(connection).await.map_err(|f| ProbeError::Instantiate(f.to_string()))?;
+        return Ok(Chosen { protocol: only.clone(), guest, buffered: BytesMut::new() });
     }
 
     let mut live = Vec::with_capacity(candidates.len());
     for protocol in candidates {
         match protocol.instantiate(connection).await {
-            Ok(guest) => live.push(Candidate {
-                protocol: protocol.clone(),
-                guest,
-                verdict: ProbeResult::NeedMore,
-            }),
+            Ok(guest) => {
+                live.push(Candidate { protocol: protocol.clone(), guest, verdict: ProbeResult::NeedMore })
+            }
             Err(fault) => {
                 tracing::warn!(protocol = %protocol.env.name, "cannot instantiate for probing: {fault}")
             }
@@ -88,8 +79,7 @@ pub async fn choose(
     let deadline = Instant::now() + probe_timeout;
     let mut buffer = BytesMut::with_capacity(probe_bytes);
     loop {
-        let read =
-            tokio::time::timeout_at(deadline, read_some(stream, &mut buffer, probe_bytes)).await;
+        let read = tokio::time::timeout_at(deadline, read_some(stream, &mut buffer, probe_bytes)).await;
         let timed_out = match read {
             Ok(Ok(0)) => return Err(ProbeError::Closed),
             Ok(Ok(_)) => false,
@@ -102,20 +92,14 @@ pub async fn choose(
         if !timed_out {
             ask(&mut live, &buffer).await;
         }
-        let undecided = live
-            .iter()
-            .any(|c| matches!(c.verdict, ProbeResult::NeedMore));
+        let undecided = live.iter().any(|c| matches!(c.verdict, ProbeResult::NeedMore));
         if timed_out || !undecided || buffer.len() >= probe_bytes {
             return pick_best(live, buffer);
         }
     }
 }
 
-async fn read_some(
-    stream: &mut TcpStream,
-    buffer: &mut BytesMut,
-    limit: usize,
-) -> std::io::Result<usize> {
+async fn read_some(stream: &mut TcpStream, buffer: &mut BytesMut, limit: usize) -> std::io::Result<usize> {
     let mut chunk = vec![0u8; limit - buffer.len()];
     let n = stream.read(&mut chunk).await?;
     buffer.extend_from_slice(&chunk[..n]);
@@ -151,11 +135,7 @@ fn pick_best(live: Vec<Candidate>, buffered: BytesMut) -> Result<Chosen, ProbeEr
         }
     }
     match best {
-        Some((_, c)) => Ok(Chosen {
-            protocol: c.protocol,
-            guest: c.guest,
-            buffered,
-        }),
+        Some((_, c)) => Ok(Chosen { protocol: c.protocol, guest: c.guest, buffered }),
         None => Err(ProbeError::NoMatch(buffered.len())),
     }
 }
@@ -163,10 +143,6 @@ fn pick_best(live: Vec<Candidate>, buffered: BytesMut) -> Result<Chosen, ProbeEr
 fn pick_speaks_first(live: Vec<Candidate>, waited: Duration) -> Result<Chosen, ProbeError> {
     live.into_iter()
         .find(|c| c.protocol.description.speaks_first)
-        .map(|c| Chosen {
-            protocol: c.protocol,
-            guest: c.guest,
-            buffered: BytesMut::new(),
-        })
+        .map(|c| Chosen { protocol: c.protocol, guest: c.guest, buffered: BytesMut::new() })
         .ok_or(ProbeError::Silent(waited))
 }

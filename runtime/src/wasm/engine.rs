@@ -24,7 +24,13 @@ const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 16;
 const MAX_TABLES_PER_COMPONENT: u32 = 8;
 
 /// Largest table a guest may have, in elements.
-pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+pub const MAX_TABLE_ELEMENTS: usize = 20_000;
+
+/// Fiber stacks in the pool. A stack is held only while a call runs or is
+/// suspended at an epoch yield, so this bounds guest calls in flight, not
+/// connections. Each stack costs two kernel mappings (stack and guard), and
+/// the kernel allows ~65k per process, so it cannot follow the instance count.
+pub const MAX_CALLS_IN_FLIGHT: u32 = 2_048;
 
 /// Sizing of the instance pool.
 #[derive(Debug, Clone, Copy)]
@@ -46,10 +52,10 @@ pub fn build_engine(pool: PoolSize) -> wasmtime::Result<Engine> {
         .total_memories(pool.instances.saturating_mul(2))
         .max_memories_per_component(2)
         .max_memory_size(memory_slot)
-        .total_tables(pool.instances.saturating_mul(4))
+        .total_tables(pool.instances.saturating_mul(2))
         .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
         .table_elements(MAX_TABLE_ELEMENTS)
-        .total_stacks(pool.instances)
+        .total_stacks(pool.instances.min(MAX_CALLS_IN_FLIGHT))
         // Keep a few pages of each freed slot resident so reuse is cheap.
         .linear_memory_keep_resident(64 * 1024);
 
@@ -80,18 +86,13 @@ impl EpochClock {
     pub fn start(engine: Engine) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("sandport-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
+        let thread = std::thread::Builder::new().name("sandport-epoch".into()).spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })?;
+        Ok(Self { stop, thread: Some(thread) })
     }
 }
 

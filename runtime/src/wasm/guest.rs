@@ -93,12 +93,7 @@ impl Guest {
                 });
             }
         };
-        Ok(Self {
-            store,
-            world,
-            deadline_ticks,
-            poisoned: false,
-        })
+        Ok(Self { store, world, deadline_ticks, poisoned: false })
     }
 
     /// The store data: what the guest asked for, and its connection state.

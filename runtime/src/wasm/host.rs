@@ -14,8 +14,8 @@ use crate::router::Subscription;
 use crate::topic;
 use crate::wasm::bindings::sandport::protocol::{host, types};
 use crate::wasm::bindings::types::{
-    Credentials, ErrorCode, FilterKind, HostError, KvScope, LogLevel, Message, Principal,
-    PublishOutcome, SessionInfo, SessionOptions, SubscribeOptions, Will,
+    Credentials, ErrorCode, FilterKind, HostError, KvScope, LogLevel, Message, Principal, PublishOutcome,
+    SessionInfo, SessionOptions, SubscribeOptions, Will,
 };
 use crate::wasm::state::{GuestState, Violation};
 
@@ -31,25 +31,15 @@ const MAX_LOG_BYTES: usize = 1024;
 /// Most headers on one message.
 const MAX_HEADERS: usize = 1024;
 
-fn refuse<T>(
-    code: ErrorCode,
-    message: impl Into<String>,
-) -> wasmtime::Result<Result<T, HostError>> {
-    Ok(Err(HostError {
-        code,
-        message: message.into(),
-    }))
+fn refuse<T>(code: ErrorCode, message: impl Into<String>) -> wasmtime::Result<Result<T, HostError>> {
+    Ok(Err(HostError { code, message: message.into() }))
 }
 
 /// Bytes a message occupies when passed in.
 fn message_bytes(message: &Message) -> usize {
     message.topic.len()
         + message.payload.len()
-        + message
-            .headers
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>()
+        + message.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
         + message.reply_to.as_ref().map_or(0, String::len)
         + message.correlation.as_ref().map_or(0, Vec::len)
         + message.content_type.as_ref().map_or(0, String::len)
@@ -58,10 +48,7 @@ fn message_bytes(message: &Message) -> usize {
 impl GuestState {
     /// Validate a message the guest wants published (now or as a will).
     fn check_message(&self, message: &Message) -> Result<(), HostError> {
-        let invalid = |m: String| HostError {
-            code: ErrorCode::Invalid,
-            message: m,
-        };
+        let invalid = |m: String| HostError { code: ErrorCode::Invalid, message: m };
         topic::validate_topic(&message.topic).map_err(|e| invalid(format!("topic {e}")))?;
         if let Some(reply_to) = &message.reply_to {
             topic::validate_topic(reply_to).map_err(|e| invalid(format!("reply-to topic {e}")))?;
@@ -69,13 +56,7 @@ impl GuestState {
         if message.headers.len() > MAX_HEADERS {
             return Err(invalid(format!("more than {MAX_HEADERS} headers")));
         }
-        if !self
-            .env
-            .grants
-            .publish
-            .iter()
-            .any(|grant| topic::matches(grant, &message.topic))
-        {
+        if !self.env.grants.publish.iter().any(|grant| topic::matches(grant, &message.topic)) {
             return Err(HostError {
                 code: ErrorCode::NotAuthorized,
                 message: format!("publishing to `{}` is not granted", message.topic),
@@ -90,10 +71,7 @@ impl GuestState {
             FilterKind::Wildcard => topic::validate_filter(filter),
             FilterKind::Exact | FilterKind::Glob => topic::validate_exact_or_glob(filter),
         };
-        checked.map_err(|e| HostError {
-            code: ErrorCode::Invalid,
-            message: format!("filter {e}"),
-        })?;
+        checked.map_err(|e| HostError { code: ErrorCode::Invalid, message: format!("filter {e}") })?;
         let grants = &self.env.grants.subscribe;
         let granted = match kind {
             FilterKind::Wildcard => grants.iter().any(|g| topic::covers(g, filter)),
@@ -112,19 +90,13 @@ impl GuestState {
     /// The key-value key for `key` in `scope`.
     fn kv_key(&self, scope: KvScope, key: &str) -> Result<String, HostError> {
         if key.len() > crate::kv::MAX_KEY_BYTES {
-            return Err(HostError {
-                code: ErrorCode::Invalid,
-                message: "key too long".into(),
-            });
+            return Err(HostError { code: ErrorCode::Invalid, message: "key too long".into() });
         }
         match scope {
             KvScope::Protocol => Ok(format!("p\0{key}")),
             KvScope::Session => match &self.session {
                 Some(client_id) => Ok(format!("{}{key}", session_kv_prefix(client_id))),
-                None => Err(HostError {
-                    code: ErrorCode::Invalid,
-                    message: "no session attached".into(),
-                }),
+                None => Err(HostError { code: ErrorCode::Invalid, message: "no session attached".into() }),
             },
         }
     }
@@ -142,10 +114,7 @@ impl host::Host for GuestState {
         let queued = self.link()?.mailbox.queued_bytes();
         let limit = self.env.limits.outbound_buffer_bytes;
         if self.out.len() + bytes.len() + queued > limit {
-            return Err(Violation(format!(
-                "sent more than the {limit}-byte outbound buffer holds"
-            ))
-            .into());
+            return Err(Violation(format!("sent more than the {limit}-byte outbound buffer holds")).into());
         }
         self.out.extend_from_slice(&bytes);
         Ok(())
@@ -189,10 +158,7 @@ impl host::Host for GuestState {
             return refuse(ErrorCode::Invalid, "group names are 1 to 1024 bytes");
         }
         if self.subscriptions.len() >= MAX_SUBSCRIPTIONS {
-            return refuse(
-                ErrorCode::QuotaExceeded,
-                format!("more than {MAX_SUBSCRIPTIONS} subscriptions"),
-            );
+            return refuse(ErrorCode::QuotaExceeded, format!("more than {MAX_SUBSCRIPTIONS} subscriptions"));
         }
         let id = self.next_subscription;
         self.next_subscription = self.next_subscription.checked_add(1).unwrap_or(1);
@@ -216,10 +182,7 @@ impl host::Host for GuestState {
                 broker.router.unsubscribe(key);
                 Ok(Ok(()))
             }
-            None => refuse(
-                ErrorCode::Invalid,
-                format!("no subscription {subscription} on this connection"),
-            ),
+            None => refuse(ErrorCode::Invalid, format!("no subscription {subscription} on this connection")),
         }
     }
 
@@ -228,17 +191,11 @@ impl host::Host for GuestState {
         if self.unacked.remove(&delivery) {
             Ok(Ok(()))
         } else {
-            refuse(
-                ErrorCode::Invalid,
-                format!("no unacknowledged delivery {delivery}"),
-            )
+            refuse(ErrorCode::Invalid, format!("no unacknowledged delivery {delivery}"))
         }
     }
 
-    fn authenticate(
-        &mut self,
-        credentials: Credentials,
-    ) -> wasmtime::Result<Result<Principal, HostError>> {
+    fn authenticate(&mut self, credentials: Credentials) -> wasmtime::Result<Result<Principal, HostError>> {
         self.link()?;
         let size = credentials.username.as_ref().map_or(0, String::len)
             + credentials.password.as_ref().map_or(0, Vec::len)
@@ -246,10 +203,7 @@ impl host::Host for GuestState {
         self.charge(size)?;
         // No user database is configured: every client is admitted under the
         // name it gives, or as `anonymous`.
-        let user = credentials
-            .username
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| "anonymous".into());
+        let user = credentials.username.filter(|u| !u.is_empty()).unwrap_or_else(|| "anonymous".into());
         self.principal = Some(user.clone());
         Ok(Ok(Principal { user }))
     }
@@ -270,10 +224,7 @@ impl host::Host for GuestState {
         }
         let attached = broker.sessions.attach(&self.env.name, &client_id, &mailbox);
         self.session = Some(attached.client_id.clone());
-        Ok(Ok(SessionInfo {
-            client_id: attached.client_id,
-            present: attached.present,
-        }))
+        Ok(Ok(SessionInfo { client_id: attached.client_id, present: attached.present }))
     }
 
     fn set_will(&mut self, will: Option<Will>) -> wasmtime::Result<Result<(), HostError>> {
@@ -331,11 +282,7 @@ impl host::Host for GuestState {
         }
     }
 
-    fn kv_delete(
-        &mut self,
-        scope: KvScope,
-        key: String,
-    ) -> wasmtime::Result<Result<bool, HostError>> {
+    fn kv_delete(&mut self, scope: KvScope, key: String) -> wasmtime::Result<Result<bool, HostError>> {
         self.link()?;
         self.charge(key.len())?;
         match self.kv_key(scope, &key) {

@@ -72,42 +72,22 @@ pub struct Protocol {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("protocol `{protocol}`: cannot read component {}: {source}", path.display())]
-    Read {
-        protocol: String,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { protocol: String, path: PathBuf, source: std::io::Error },
     #[error("protocol `{protocol}`: {} has sha256 {actual}, but the config pins {expected}", path.display())]
-    PinMismatch {
-        protocol: String,
-        path: PathBuf,
-        expected: String,
-        actual: String,
-    },
+    PinMismatch { protocol: String, path: PathBuf, expected: String, actual: String },
     #[error("protocol `{protocol}`: {} is not a valid component: {message}", path.display())]
-    Compile {
-        protocol: String,
-        path: PathBuf,
-        message: String,
-    },
+    Compile { protocol: String, path: PathBuf, message: String },
     #[error(
-        "protocol `{protocol}`: {} imports `{import}`, which is outside the sandport:protocol world \
+        "protocol `{protocol}`: {} imports {}, outside the sandport:protocol world \
          (guests may import sandport:protocol/host and WASI stdio, environment, exit and random only)",
-        path.display()
+        path.display(),
+        imports.join(", ")
     )]
-    ForbiddenImport {
-        protocol: String,
-        path: PathBuf,
-        import: String,
-    },
+    ForbiddenImport { protocol: String, path: PathBuf, imports: Vec<String> },
     #[error("protocol `{protocol}`: {} does not export `{}`", path.display(), world::HANDLER_EXPORT)]
     MissingExport { protocol: String, path: PathBuf },
     #[error("protocol `{protocol}`: {} does not fit the sandport:protocol world: {message}", path.display())]
-    Link {
-        protocol: String,
-        path: PathBuf,
-        message: String,
-    },
+    Link { protocol: String, path: PathBuf, message: String },
     #[error("protocol `{protocol}`: describe() failed: {message}")]
     Describe { protocol: String, message: String },
 }
@@ -158,29 +138,20 @@ impl Protocol {
             path: path_buf.clone(),
             message: format!("{e:#}"),
         })?;
-        if let Some(import) = world::forbidden_imports(engine, &component)
-            .into_iter()
-            .next()
-        {
-            return Err(LoadError::ForbiddenImport {
-                protocol,
-                path: path_buf,
-                import,
-            });
+        let forbidden = world::forbidden_imports(engine, &component);
+        if !forbidden.is_empty() {
+            return Err(LoadError::ForbiddenImport { protocol, path: path_buf, imports: forbidden });
         }
         if !world::exports_handler(engine, &component) {
-            return Err(LoadError::MissingExport {
-                protocol,
-                path: path_buf,
-            });
+            return Err(LoadError::MissingExport { protocol, path: path_buf });
         }
         let link_error = |e: wasmtime::Error| LoadError::Link {
             protocol: protocol.clone(),
             path: path_buf.clone(),
             message: format!("{e:#}"),
         };
-        let pre = WorldPre::new(linker.instantiate_pre(&component).map_err(link_error)?)
-            .map_err(link_error)?;
+        let pre =
+            WorldPre::new(linker.instantiate_pre(&component).map_err(link_error)?).map_err(link_error)?;
 
         let env = Arc::new(env);
         let mut protocol = Self {
@@ -204,33 +175,17 @@ impl Protocol {
 
     /// Call the guest's `describe` in a fresh instance and validate it.
     async fn describe(&self) -> Result<Description, LoadError> {
-        let describe_error = |message: String| LoadError::Describe {
-            protocol: self.env.name.to_string(),
-            message,
-        };
-        let mut guest = self
-            .instantiate(0)
-            .await
-            .map_err(|f| describe_error(f.to_string()))?;
-        let info = guest
-            .describe()
-            .await
-            .map_err(|f| describe_error(f.to_string()))?;
+        let describe_error =
+            |message: String| LoadError::Describe { protocol: self.env.name.to_string(), message };
+        let mut guest = self.instantiate(0).await.map_err(|f| describe_error(f.to_string()))?;
+        let info = guest.describe().await.map_err(|f| describe_error(f.to_string()))?;
         if info.name.is_empty() || info.name.len() > MAX_PROTOCOL_NAME {
-            return Err(describe_error(format!(
-                "name must be 1 to {MAX_PROTOCOL_NAME} bytes"
-            )));
+            return Err(describe_error(format!("name must be 1 to {MAX_PROTOCOL_NAME} bytes")));
         }
-        let framing =
-            Framing::from_declared(&info.framing).map_err(|e| describe_error(e.to_string()))?;
+        let framing = Framing::from_declared(&info.framing).map_err(|e| describe_error(e.to_string()))?;
         let mut version = info.version;
         version.truncate(version.floor_char_boundary(MAX_PROTOCOL_NAME));
-        Ok(Description {
-            name: info.name,
-            version,
-            framing,
-            speaks_first: info.speaks_first,
-        })
+        Ok(Description { name: info.name, version, framing, speaks_first: info.speaks_first })
     }
 
     /// A fresh guest instance for connection `connection` (0 = none yet).

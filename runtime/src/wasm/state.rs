@@ -132,10 +132,7 @@ impl GuestState {
             timers: TimerRequests::default(),
             call_input: 0,
             ticks_left: 0,
-            limiter: GuestLimiter {
-                memory_bytes,
-                refused: false,
-            },
+            limiter: GuestLimiter { memory_bytes, refused: false },
             subscriptions: HashMap::new(),
             next_subscription: 1,
             unacked: HashSet::new(),
@@ -170,9 +167,6 @@ impl GuestState {
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }

@@ -34,16 +34,8 @@ struct OutputState {
 impl GuestOutput {
     /// Output for `stream` ("stdout"/"stderr") of one connection's guest.
     pub fn new(protocol: Arc<str>, connection: u64, stream: &'static str, budget: usize) -> Self {
-        let state = OutputState {
-            protocol,
-            connection,
-            stream,
-            line: Vec::new(),
-            budget,
-        };
-        Self {
-            inner: Arc::new(Mutex::new(state)),
-        }
+        let state = OutputState { protocol, connection, stream, line: Vec::new(), budget };
+        Self { inner: Arc::new(Mutex::new(state)) }
     }
 
     fn write(&self, bytes: &[u8]) {
@@ -94,11 +86,7 @@ impl StdoutStream for GuestOutput {
 }
 
 impl AsyncWrite for GuestOutput {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.write(buf);
         Poll::Ready(Ok(buf.len()))
     }

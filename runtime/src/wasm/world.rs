@@ -45,11 +45,7 @@ fn unversioned(name: &str) -> &str {
 
 /// The imports of `component`, in order.
 pub fn imports(engine: &Engine, component: &Component) -> Vec<String> {
-    component
-        .component_type()
-        .imports(engine)
-        .map(|(name, _)| name.to_string())
-        .collect()
+    component.component_type().imports(engine).map(|(name, _)| name.to_string()).collect()
 }
 
 /// The imports of `component` that are not allowed, in order.
@@ -62,8 +58,5 @@ pub fn forbidden_imports(engine: &Engine, component: &Component) -> Vec<String> 
 
 /// Whether `component` exports the handler interface (any 0.x version).
 pub fn exports_handler(engine: &Engine, component: &Component) -> bool {
-    component
-        .component_type()
-        .exports(engine)
-        .any(|(name, _)| unversioned(name) == HANDLER_EXPORT)
+    component.component_type().exports(engine).any(|(name, _)| unversioned(name) == HANDLER_EXPORT)
 }

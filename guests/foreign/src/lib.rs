@@ -1,0 +1,51 @@
+//! `foreign`: a test-only guest that reaches outside the sandport world.
+//!
+//! It reads a file with `std::fs`, which makes the component import
+//! `wasi:filesystem`. The broker must refuse to load it, naming the import.
+
+// Natively (tests) nothing is exported, so the handler looks unused.
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+
+use sandport_guest::Handler;
+use sandport_guest::types::{
+    CloseReason, ConnectionInfo, Delivery, FrameScan, Framing, NextFrame, ProbeResult, ProtocolInfo,
+};
+
+struct Foreign;
+
+impl Handler for Foreign {
+    fn describe() -> ProtocolInfo {
+        ProtocolInfo {
+            name: "foreign".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            framing: Framing::Delimiter(b"\n".to_vec()),
+            speaks_first: false,
+        }
+    }
+
+    fn probe(_prefix: Vec<u8>) -> ProbeResult {
+        ProbeResult::NoMatch
+    }
+
+    fn frame_lengths(_buffer: Vec<u8>) -> FrameScan {
+        FrameScan { complete: Vec::new(), next: NextFrame::Unknown }
+    }
+
+    fn on_open(_info: ConnectionInfo) {
+        let secret = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        sandport_guest::host::send(secret.as_bytes());
+    }
+
+    fn on_frames(_frames: Vec<Vec<u8>>) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn on_deliver(_batch: Vec<Delivery>) {}
+
+    fn on_timer() {}
+
+    fn on_close(_reason: CloseReason) {}
+}
+
+#[cfg(target_arch = "wasm32")]
+sandport_guest::export!(Foreign);

@@ -1,0 +1,305 @@
+//! The MQTT 3.1.1 guest with Debian's `mosquitto_pub` / `mosquitto_sub`
+//! and with hand-built packets for the protocol's edge cases.
+
+use std::time::Duration;
+
+use sandport_tests::{LineClient, TestBroker, WAIT, run_tool};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+const CONFIG: &str = r#"
+    [[listeners]]
+    name = "mqtt"
+    bind = "127.0.0.1:0"
+    protocols = ["mqtt"]
+
+    [[listeners]]
+    name = "echo"
+    bind = "127.0.0.1:0"
+    protocols = ["echo"]
+
+    [protocols.mqtt]
+    component = "{mqtt}"
+
+    [protocols.echo]
+    component = "{echo}"
+"#;
+
+fn port(broker: &TestBroker) -> String {
+    broker.addr("mqtt").port().to_string()
+}
+
+/// Start `mosquitto_sub` printing `topic payload` lines; it exits after `count` messages.
+fn mosquitto_sub(broker: &TestBroker, filter: &str, count: usize, extra: &[&str]) -> Child {
+    Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port(broker), "-t", filter, "-v", "-C", &count.to_string()])
+        .args(["-W", "10"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto_sub is installed (Debian mosquitto-clients)")
+}
+
+async fn mosquitto_pub(broker: &TestBroker, topic: &str, message: &str, extra: &[&str]) {
+    let port = port(broker);
+    let mut args = vec!["-h", "127.0.0.1", "-p", &port, "-t", topic, "-m", message];
+    args.extend_from_slice(extra);
+    let (ok, _, stderr) = run_tool("mosquitto_pub", &args).await;
+    assert!(ok, "mosquitto_pub failed: {stderr}");
+}
+
+async fn output_of(child: Child) -> Vec<String> {
+    let output = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("mosquitto_sub finished in time")
+        .expect("mosquitto_sub ran");
+    assert!(output.status.success(), "mosquitto_sub failed: {output:?}");
+    String::from_utf8_lossy(&output.stdout).lines().map(str::to_string).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_sub_receives_what_mosquitto_pub_sends() {
+    let broker = TestBroker::start(CONFIG).await;
+    let sub = mosquitto_sub(&broker, "sensors/#", 3, &[]);
+    broker.wait_subscriptions(1).await;
+    mosquitto_pub(&broker, "sensors/kitchen/temp", "21.5", &[]).await;
+    mosquitto_pub(&broker, "other/topic", "not matched", &[]).await;
+    mosquitto_pub(&broker, "sensors/hall", "qos one", &["-q", "1"]).await;
+    mosquitto_pub(&broker, "sensors", "parent level", &["-q", "1"]).await;
+    assert_eq!(
+        output_of(sub).await,
+        vec!["sensors/kitchen/temp 21.5", "sensors/hall qos one", "sensors parent level"]
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos1_subscription_receives_and_acknowledges() {
+    let broker = TestBroker::start(CONFIG).await;
+    let sub = mosquitto_sub(&broker, "orders/+", 2, &["-q", "1"]);
+    broker.wait_subscriptions(1).await;
+    mosquitto_pub(&broker, "orders/1", "first", &["-q", "1"]).await;
+    mosquitto_pub(&broker, "orders/2", "second", &["-q", "1"]).await;
+    assert_eq!(output_of(sub).await, vec!["orders/1 first", "orders/2 second"]);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_cross_between_protocols() {
+    let broker = TestBroker::start(CONFIG).await;
+    let mut echo = LineClient::connect(broker.addr("echo")).await;
+    assert!(echo.ask("SUB bridge/+").await.starts_with("+OK"));
+    let sub = mosquitto_sub(&broker, "bridge/from-echo", 1, &[]);
+    broker.wait_subscriptions(2).await;
+
+    mosquitto_pub(&broker, "bridge/from-mqtt", "hello echo", &[]).await;
+    assert_eq!(echo.read_line().await.unwrap(), "MSG bridge/from-mqtt hello echo");
+    assert_eq!(echo.ask("PUB bridge/from-echo hello mqtt").await, "+OK 2");
+    assert_eq!(echo.read_line().await.unwrap(), "MSG bridge/from-echo hello mqtt");
+    assert_eq!(output_of(sub).await, vec!["bridge/from-echo hello mqtt"]);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_subscription_splits_messages() {
+    let broker = TestBroker::start(CONFIG).await;
+    let a = mosquitto_sub(&broker, "$share/workers/jobs/#", 2, &[]);
+    let b = mosquitto_sub(&broker, "$share/workers/jobs/#", 2, &[]);
+    broker.wait_subscriptions(2).await;
+    for i in 0..4 {
+        mosquitto_pub(&broker, &format!("jobs/{i}"), "job", &[]).await;
+    }
+    let (a, b) = (output_of(a).await, output_of(b).await);
+    assert_eq!(a.len() + b.len(), 4, "{a:?} {b:?}");
+    broker.shutdown().await;
+}
+
+// --- hand-built packets -------------------------------------------------
+
+/// A CONNECT packet (MQTT 3.1.1).
+fn connect(client_id: &str, keep_alive: u16, clean: bool, will: Option<(&str, &str)>) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4];
+    let mut flags = if clean { 0x02 } else { 0 };
+    if will.is_some() {
+        flags |= 0x04;
+    }
+    body.push(flags);
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    put_string(&mut body, client_id);
+    if let Some((topic, message)) = will {
+        put_string(&mut body, topic);
+        put_string(&mut body, message);
+    }
+    packet(0x10, &body)
+}
+
+fn put_string(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(&(text.len() as u16).to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    assert!(body.len() < 128, "test packets are small");
+    let mut out = vec![first, body.len() as u8];
+    out.extend_from_slice(body);
+    out
+}
+
+fn subscribe(packet_id: u16, filter: &str, qos: u8) -> Vec<u8> {
+    let mut body = packet_id.to_be_bytes().to_vec();
+    put_string(&mut body, filter);
+    body.push(qos);
+    packet(0x82, &body)
+}
+
+fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    put_string(&mut body, topic);
+    body.extend_from_slice(payload);
+    packet(0x30, &body)
+}
+
+struct RawClient {
+    stream: TcpStream,
+}
+
+impl RawClient {
+    async fn connect(broker: &TestBroker) -> RawClient {
+        RawClient { stream: TcpStream::connect(broker.addr("mqtt")).await.unwrap() }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    async fn read(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        tokio::time::timeout(WAIT, self.stream.read_exact(&mut buf))
+            .await
+            .expect("reply in time")
+            .expect("reply");
+        buf
+    }
+
+    async fn handshake(broker: &TestBroker, client_id: &str) -> RawClient {
+        let mut client = RawClient::connect(broker).await;
+        client.send(&connect(client_id, 60, true, None)).await;
+        assert_eq!(client.read(4).await, [0x20, 2, 0, 0], "CONNACK accepted");
+        client
+    }
+
+    /// Wait for the server to close; returns the bytes it sent first.
+    async fn closed(&mut self) -> Vec<u8> {
+        let mut rest = Vec::new();
+        tokio::time::timeout(WAIT, self.stream.read_to_end(&mut rest)).await.expect("closed in time").ok();
+        rest
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packet_level_round_trip() {
+    let broker = TestBroker::start(CONFIG).await;
+    let mut client = RawClient::handshake(&broker, "raw-1").await;
+    client.send(&[0xc0, 0]).await; // PINGREQ
+    assert_eq!(client.read(2).await, [0xd0, 0]);
+    client.send(&subscribe(7, "t/+", 1)).await;
+    assert_eq!(client.read(5).await, [0x90, 3, 0, 7, 1], "SUBACK grants QoS 1");
+    client.send(&subscribe(8, "t/#/bad", 0)).await;
+    assert_eq!(client.read(5).await, [0x90, 3, 0, 8, 0x80], "invalid filter refused");
+    client.send(&publish("t/x", b"self")).await;
+    let expected = publish("t/x", b"self");
+    assert_eq!(client.read(expected.len()).await, expected, "QoS 0 delivery");
+    let mut unsubscribe = 9u16.to_be_bytes().to_vec();
+    put_string(&mut unsubscribe, "t/+");
+    client.send(&packet(0xa2, &unsubscribe)).await;
+    assert_eq!(client.read(4).await, [0xb0, 2, 0, 9]);
+    client.send(&[0xe0, 0]).await; // DISCONNECT
+    assert!(client.closed().await.is_empty());
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_errors_close_the_connection() {
+    let broker = TestBroker::start(CONFIG).await;
+    // Not starting with CONNECT.
+    let mut client = RawClient::connect(&broker).await;
+    client.send(&[0xc0, 0]).await;
+    assert!(client.closed().await.is_empty());
+    // PUBLISH with QoS 3.
+    let mut client = RawClient::handshake(&broker, "raw-2").await;
+    let mut bad = publish("t", b"x");
+    bad[0] = 0x36;
+    client.send(&bad).await;
+    assert!(client.closed().await.is_empty());
+    // Wildcard in a PUBLISH topic.
+    let mut client = RawClient::handshake(&broker, "raw-3").await;
+    client.send(&publish("t/#", b"x")).await;
+    assert!(client.closed().await.is_empty());
+    // Unsupported protocol level: CONNACK 1, then close.
+    let mut client = RawClient::connect(&broker).await;
+    let mut v5 = connect("raw-4", 60, true, None);
+    v5[8] = 9;
+    client.send(&v5).await;
+    assert_eq!(client.closed().await, [0x20, 2, 0, 1]);
+    // A packet announcing more than max_frame_bytes is refused from its header.
+    let mut client = RawClient::handshake(&broker, "raw-5").await;
+    client.send(&[0x30, 0xff, 0xff, 0xff, 0x7f]).await;
+    assert!(client.closed().await.is_empty());
+    assert_eq!(broker.counter("mqtt", "framing_errors"), 1);
+    // Empty client id without clean session: identifier rejected.
+    let mut client = RawClient::connect(&broker).await;
+    client.send(&connect("", 60, false, None)).await;
+    assert_eq!(client.closed().await, [0x20, 2, 0, 2]);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn will_is_published_on_abnormal_close_only() {
+    let broker = TestBroker::start(CONFIG).await;
+    let mut watcher = RawClient::handshake(&broker, "watcher").await;
+    watcher.send(&subscribe(1, "status/#", 0)).await;
+    assert_eq!(watcher.read(5).await, [0x90, 3, 0, 1, 0]);
+
+    // Clean DISCONNECT: the will is discarded.
+    let mut polite = RawClient::connect(&broker).await;
+    polite.send(&connect("polite", 60, true, Some(("status/polite", "gone")))).await;
+    assert_eq!(polite.read(4).await, [0x20, 2, 0, 0]);
+    polite.send(&[0xe0, 0]).await;
+    polite.closed().await;
+
+    // Dropped socket: the will goes out.
+    let mut rude = RawClient::connect(&broker).await;
+    rude.send(&connect("rude", 60, true, Some(("status/rude", "lost")))).await;
+    assert_eq!(rude.read(4).await, [0x20, 2, 0, 0]);
+    drop(rude);
+
+    let expected = publish("status/rude", b"lost");
+    assert_eq!(watcher.read(expected.len()).await, expected);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_client_id_takes_the_session_over() {
+    let broker = TestBroker::start(CONFIG).await;
+    let mut first = RawClient::handshake(&broker, "device-7").await;
+    let mut second = RawClient::handshake(&broker, "device-7").await;
+    assert!(first.closed().await.is_empty(), "the older connection is closed");
+    second.send(&[0xc0, 0]).await;
+    assert_eq!(second.read(2).await, [0xd0, 0], "the newer one carries on");
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_is_enforced_at_one_and_a_half_periods() {
+    let broker = TestBroker::start(CONFIG).await;
+    let mut client = RawClient::connect(&broker).await;
+    client.send(&connect("sleepy", 1, true, None)).await;
+    assert_eq!(client.read(4).await, [0x20, 2, 0, 0]);
+    let started = tokio::time::Instant::now();
+    assert!(client.closed().await.is_empty());
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(1400) && waited < Duration::from_secs(5), "{waited:?}");
+    broker.shutdown().await;
+}
