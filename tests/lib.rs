@@ -19,7 +19,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// Guest crates built for the tests, by short name.
-const GUESTS: &[&str] = &["echo", "mqtt", "hostile", "foreign"];
+const GUESTS: &[&str] = &["echo", "mqtt", "hostile", "foreign", "greeter"];
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {

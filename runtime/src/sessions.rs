@@ -22,9 +22,12 @@ pub struct Attached {
     pub present: bool,
 }
 
+/// A session's identity: (protocol, client id).
+type SessionKey = (Arc<str>, String);
+
 /// The registry.
 pub struct Sessions {
-    holders: Mutex<HashMap<(Arc<str>, String), Arc<Mailbox>>>,
+    holders: Mutex<HashMap<SessionKey, Arc<Mailbox>>>,
     assigned: AtomicU64,
     prefix: String,
 }

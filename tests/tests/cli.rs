@@ -1,0 +1,167 @@
+//! The `sandport` binary: `check`, config errors, and signals.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use sandport_tests::{LineClient, WAIT, guest, sandport_bin, with_guest_paths, workspace_root};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+async fn sandport(args: &[&str]) -> (bool, String, String) {
+    let bin = sandport_bin();
+    let output = tokio::time::timeout(WAIT, Command::new(&bin).args(args).kill_on_drop(true).output())
+        .await
+        .expect("sandport finished in time")
+        .expect("sandport runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn path_str(path: &Path) -> String {
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn check_prints_what_a_guest_describes() {
+    let (ok, stdout, stderr) = sandport(&["check", &path_str(&guest("mqtt"))]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("name: mqtt"), "{stdout}");
+    assert!(stdout.contains("framing: Varint"), "{stdout}");
+    assert!(stdout.contains("sha256: "), "{stdout}");
+}
+
+#[tokio::test]
+async fn check_refuses_a_component_with_a_foreign_import() {
+    let (ok, _, stderr) = sandport(&["check", &path_str(&guest("foreign"))]).await;
+    assert!(!ok);
+    assert!(stderr.contains("wasi:filesystem"), "{stderr}");
+    assert!(stderr.contains("outside the sandport:protocol world"), "{stderr}");
+}
+
+#[tokio::test]
+async fn check_refuses_a_wrong_pin_before_compiling() {
+    let wrong = "0".repeat(64);
+    let (ok, _, stderr) = sandport(&["check", &path_str(&guest("echo")), "--sha256", &wrong]).await;
+    assert!(!ok);
+    assert!(stderr.contains("but the config pins 0000"), "{stderr}");
+    // The right pin passes.
+    let (ok, stdout, _) = sandport(&["check", &path_str(&guest("echo"))]).await;
+    assert!(ok);
+    let sha = stdout.lines().find_map(|l| l.strip_prefix("sha256: ")).unwrap().to_string();
+    let (ok, _, stderr) = sandport(&["check", &path_str(&guest("echo")), "--sha256", &sha]).await;
+    assert!(ok, "{stderr}");
+}
+
+#[tokio::test]
+async fn check_refuses_files_that_are_not_components() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"\0asm not really").unwrap();
+    let (ok, _, stderr) = sandport(&["check", &path_str(&garbage)]).await;
+    assert!(!ok);
+    assert!(stderr.contains("is not a valid component"), "{stderr}");
+    let (ok, _, stderr) = sandport(&["check", &path_str(&dir.path().join("missing.wasm"))]).await;
+    assert!(!ok);
+    assert!(stderr.contains("cannot read component"), "{stderr}");
+}
+
+/// Run `sandport run` on `config` and return its stderr; it must fail.
+async fn run_fails_with(config: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, with_guest_paths(config)).unwrap();
+    let (ok, _, stderr) = sandport(&["run", "--config", &path_str(&path)]).await;
+    assert!(!ok, "expected failure, got success: {stderr}");
+    assert!(stderr.contains("bad.toml"), "error names the file: {stderr}");
+    stderr
+}
+
+const GOOD: &str = r#"
+[[listeners]]
+bind = "127.0.0.1:0"
+protocols = ["echo"]
+
+[protocols.echo]
+component = "{echo}"
+"#;
+
+#[tokio::test]
+async fn bad_configs_name_the_key() {
+    let stderr = run_fails_with(&GOOD.replace("bind =", "bnd =")).await;
+    assert!(stderr.contains("bnd"), "{stderr}");
+    let stderr =
+        run_fails_with(&format!("{GOOD}\n[protocols.echo.limits]\nmax_connections = \"many\"\n")).await;
+    assert!(stderr.contains("max_connections"), "{stderr}");
+    let stderr = run_fails_with(&GOOD.replace(r#"protocols = ["echo"]"#, r#"protocols = ["ehco"]"#)).await;
+    assert!(stderr.contains("listeners[0].protocols") && stderr.contains("ehco"), "{stderr}");
+    let stderr = run_fails_with(&format!("{GOOD}\n[protocols.echo.limits]\ncall_deadline_ms = 0\n")).await;
+    assert!(stderr.contains("protocols.echo.limits.call_deadline_ms"), "{stderr}");
+    let stderr = run_fails_with(&format!("{GOOD}\n[storage]\nengine = \"cassandra\"\n")).await;
+    assert!(stderr.contains("engine"), "{stderr}");
+}
+
+#[tokio::test]
+async fn bad_protocols_stop_the_broker_before_it_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pinned.toml");
+    let pinned = format!("{GOOD}sha256 = \"{}\"\n", "a".repeat(64));
+    std::fs::write(&path, with_guest_paths(&pinned)).unwrap();
+    let (ok, _, stderr) = sandport(&["run", "--config", &path_str(&path)]).await;
+    assert!(!ok);
+    assert!(stderr.contains("but the config pins aaaa"), "{stderr}");
+    assert!(!stderr.contains("listening"), "{stderr}");
+
+    let foreign = GOOD.replace("{echo}", "{foreign}");
+    std::fs::write(&path, with_guest_paths(&foreign)).unwrap();
+    let (ok, _, stderr) = sandport(&["run", "--config", &path_str(&path)]).await;
+    assert!(!ok);
+    assert!(stderr.contains("wasi:filesystem") && !stderr.contains("listening"), "{stderr}");
+}
+
+#[tokio::test]
+async fn shipped_config_is_valid() {
+    let config =
+        sandport::Config::load(&workspace_root().join("config/sandport.toml")).expect("shipped config loads");
+    let binds: Vec<String> = config.listeners.iter().map(|l| l.bind.to_string()).collect();
+    assert!(binds.contains(&"127.0.0.1:1883".to_string()), "{binds:?}");
+    assert!(config.protocols.contains_key("mqtt") && config.protocols.contains_key("echo"));
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run.toml");
+    std::fs::write(&path, with_guest_paths(GOOD)).unwrap();
+    let mut child = Command::new(sandport_bin())
+        .args(["run", "--config", &path_str(&path)])
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("addr=").nth(1) {
+                return rest.split_whitespace().next().unwrap().parse::<std::net::SocketAddr>().unwrap();
+            }
+        }
+        panic!("sandport exited before listening");
+    })
+    .await
+    .expect("listening in time");
+
+    let mut client = LineClient::connect(addr).await;
+    assert_eq!(client.ask("PING").await, "PONG");
+
+    let pid = child.id().unwrap().to_string();
+    let (ok, _, _) = sandport_tests::run_tool("kill", &["-TERM", &pid]).await;
+    assert!(ok);
+    // The open connection is closed by the shutdown, and the process exits 0.
+    assert!(client.expect_closed().await.is_empty());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status:?}");
+}
