@@ -111,3 +111,16 @@ async fn looping_probe_drops_that_candidate_only() {
     assert_eq!(echo.ask("PING").await, "PONG");
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn will_is_published_after_a_trap() {
+    let broker = TestBroker::start(CONFIG).await;
+    let mut watcher = LineClient::connect(broker.addr("echo")).await;
+    assert!(watcher.ask("SUB wills/#").await.starts_with("+OK"));
+    let mut victim = LineClient::connect(broker.addr("hostile")).await;
+    assert_eq!(victim.ask("will wills/victim crashed").await, "+OK");
+    victim.send_line("panic").await;
+    victim.expect_closed().await;
+    assert_eq!(watcher.read_line().await.unwrap(), "MSG wills/victim crashed");
+    broker.shutdown().await;
+}

@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! echo <text>   -> <text>              (a well-behaved baseline)
+//! will <topic> <text> -> +OK           (sets a will, to see it published after a fault)
 //! loop          -> spins forever in on-frames (stopped at the call deadline)
 //! panic         -> panics (a trap)
 //! oom           -> allocates until memory is refused
@@ -21,9 +22,9 @@
 use std::hint::black_box;
 
 use sandport_guest::types::{
-    CloseReason, ConnectionInfo, Delivery, FrameScan, Framing, NextFrame, ProbeResult, ProtocolInfo,
+    CloseReason, ConnectionInfo, Delivery, FrameScan, Framing, NextFrame, ProbeResult, ProtocolInfo, Will,
 };
-use sandport_guest::{Handler, host};
+use sandport_guest::{Handler, host, message};
 
 struct Hostile;
 
@@ -70,6 +71,14 @@ impl Handler for Hostile {
             let (command, rest) = line.split_once(' ').unwrap_or((&line, ""));
             match command {
                 "echo" => host::send(format!("{rest}\n").as_bytes()),
+                "will" => {
+                    let (topic, text) = rest.split_once(' ').unwrap_or((rest, ""));
+                    let will = Will { message: message(topic, text), delay_secs: 0 };
+                    match host::set_will(Some(&will)) {
+                        Ok(()) => host::send(b"+OK\n"),
+                        Err(e) => host::send(format!("-ERR {}\n", e.message).as_bytes()),
+                    }
+                }
                 "loop" => spin(),
                 "panic" => panic!("asked to panic"),
                 "oom" => {

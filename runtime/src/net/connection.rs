@@ -31,6 +31,10 @@ use crate::wasm::state::ConnLink;
 /// Most deliveries passed to the guest in one `on-deliver` call.
 const MAX_DELIVERY_BATCH: usize = 256;
 
+/// Most at-least-once deliveries a connection may leave unacknowledged
+/// before it is treated as a slow consumer (MQTT's largest receive maximum).
+const MAX_UNACKED: usize = 65_535;
+
 /// Most frames passed to the guest in one `on-frames` call.
 const MAX_FRAME_BATCH: usize = 256;
 
@@ -315,6 +319,10 @@ impl Connection {
 
     /// Hand a batch of routed messages to the guest.
     async fn deliver(&mut self, batch: &mut Vec<Routed>) -> Result<(), End> {
+        if self.guest.state().unacked.len() >= MAX_UNACKED {
+            tracing::info!(peer = %self.peer, "closing: {MAX_UNACKED} deliveries unacknowledged");
+            return Err(End::Kicked(Kick::SlowConsumer));
+        }
         let mut deliveries = Vec::with_capacity(batch.len());
         for routed in batch.drain(..) {
             let id = (routed.qos != Qos::AtMostOnce).then(|| {

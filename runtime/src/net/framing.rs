@@ -98,7 +98,8 @@ impl Framing {
                 if total < header as i128 {
                     return Err(FramingError::TooShort);
                 }
-                complete_if(buf, total as u64, max)
+                // An 8-byte field can exceed u64 once the header is added.
+                complete_if(buf, u64::try_from(total).unwrap_or(u64::MAX), max)
             }
             Self::Varint { offset, max_bytes } => {
                 let mut value = 0u64;

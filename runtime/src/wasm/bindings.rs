@@ -12,4 +12,4 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use sandport::protocol::types;
+pub use self::sandport::protocol::types;
