@@ -15,6 +15,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+#[path = "mqtt_client.rs"]
+pub mod mqtt;
+
 /// How long any single expectation waits before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -97,7 +100,11 @@ impl TestBroker {
     /// Start a broker from config text (guest placeholders are filled in).
     pub async fn start(toml: &str) -> TestBroker {
         init_logging();
-        let text = with_guest_paths(toml);
+        let mut text = with_guest_paths(toml);
+        if !text.contains("[storage]") {
+            // In-process brokers keep nothing unless a test asks for storage.
+            text = format!("[storage]\nengine = \"memory\"\n{text}");
+        }
         let config =
             Config::parse(&text, Path::new("test.toml"), workspace_root()).expect("test config is valid");
         let broker = Broker::start(&config).await.expect("broker starts");
@@ -152,6 +159,69 @@ impl TestBroker {
             broker.shutdown().await;
         }
     }
+}
+
+/// A `sandport run` process, for tests that restart or kill the broker.
+pub struct BrokerProcess {
+    child: tokio::process::Child,
+    addrs: std::collections::HashMap<String, std::net::SocketAddr>,
+}
+
+impl BrokerProcess {
+    /// Run the binary on config file `path`; waits until every listener in
+    /// `listeners` is bound.
+    pub async fn start(path: &Path, listeners: &[&str]) -> BrokerProcess {
+        let mut child = tokio::process::Command::new(sandport_bin())
+            .args(["run", "--config"])
+            .arg(path)
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sandport starts");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
+        let mut addrs = std::collections::HashMap::new();
+        let wanted = listeners.len();
+        tokio::time::timeout(WAIT, async {
+            while addrs.len() < wanted {
+                let line =
+                    lines.next_line().await.expect("stderr").unwrap_or_else(|| panic!("sandport exited"));
+                if let (Some(name), Some(addr)) = (field(&line, "listener="), field(&line, "addr="))
+                    && line.contains("listening")
+                {
+                    addrs.insert(name.trim_matches('"').to_string(), addr.parse().expect("address"));
+                }
+            }
+        })
+        .await
+        .expect("listening in time");
+        // Keep draining the log so the broker never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        BrokerProcess { child, addrs }
+    }
+
+    /// Address of listener `name`.
+    pub fn addr(&self, name: &str) -> std::net::SocketAddr {
+        self.addrs[name]
+    }
+
+    /// SIGKILL: no shutdown work at all.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("kill");
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub async fn terminate(mut self) {
+        let pid = self.child.id().expect("running").to_string();
+        let (ok, _, _) = run_tool("kill", &["-TERM", &pid]).await;
+        assert!(ok);
+        let status =
+            tokio::time::timeout(WAIT, self.child.wait()).await.expect("exits in time").expect("wait");
+        assert!(status.success(), "{status:?}");
+    }
+}
+
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|word| word.strip_prefix(name))
 }
 
 /// A client for line protocols over a raw socket.

@@ -19,8 +19,10 @@ use crate::config::{Config, ConfigError};
 use crate::kv::Kv;
 use crate::metrics::ProtocolMetrics;
 use crate::net::listener::ListenerTask;
+use crate::retained::Retained;
 use crate::router::Router;
-use crate::sessions::Sessions;
+use crate::sessions::{QueueSettings, Sessions, unix_now};
+use crate::store::{Snapshot, Store, StoreError};
 use crate::wasm::engine::{EpochClock, PoolSize, build_engine};
 use crate::wasm::protocol::{LoadError, Protocol, ProtocolEnv, build_linker};
 
@@ -34,21 +36,31 @@ const SPARE_INSTANCES: u32 = 16;
 pub struct BrokerCore {
     /// Subscriptions and fan-out.
     pub router: Router,
-    /// Who holds which session.
+    /// Sessions by (protocol, client id).
     pub sessions: Sessions,
+    /// Retained messages.
+    pub retained: Retained,
+    /// Where durable changes go.
+    pub store: Arc<Store>,
     /// Unique id of this broker process.
     pub server_id: String,
     next_connection: AtomicU64,
 }
 
 impl BrokerCore {
-    fn new() -> Self {
+    fn new(store: Arc<Store>, queue: QueueSettings) -> Self {
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let server_id = format!("SP{:016X}{:08X}", nanos as u64, std::process::id());
         Self {
             router: Router::default(),
-            sessions: Sessions::new(format!("sandport-{}", &server_id[2..10].to_ascii_lowercase())),
+            sessions: Sessions::new(
+                format!("sandport-{}", &server_id[2..10].to_ascii_lowercase()),
+                store.clone(),
+                queue,
+            ),
+            retained: Retained::default(),
+            store,
             server_id,
             next_connection: AtomicU64::new(1),
         }
@@ -69,6 +81,8 @@ pub enum StartError {
     Engine(String),
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("listener `{listener}`: cannot bind {addr}: {source}")]
     Bind { listener: String, addr: SocketAddr, source: std::io::Error },
 }
@@ -96,8 +110,14 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Load every protocol, bind every listener, and start accepting.
+    /// Open the store, load every protocol, restore stored state, bind every
+    /// listener, and start accepting.
     pub async fn start(config: &Config) -> Result<Broker, StartError> {
+        let (store, mut snapshot) = Store::open(&config.storage, &config.resolve(&config.storage.data_dir))?;
+        let store = Arc::new(store);
+        let queue =
+            QueueSettings { max: config.storage.session_queue_max, policy: config.storage.queue_full };
+        let core = Arc::new(BrokerCore::new(store.clone(), queue));
         let instances = config
             .listeners
             .iter()
@@ -115,7 +135,11 @@ impl Broker {
                 name: name.as_str().into(),
                 limits: protocol_config.limits.clone(),
                 grants: protocol_config.grants.clone(),
-                kv: Kv::new(protocol_config.grants.kv_quota_bytes),
+                kv: Arc::new(Kv::new(
+                    name.as_str().into(),
+                    protocol_config.grants.kv_quota_bytes,
+                    store.clone(),
+                )),
                 metrics: ProtocolMetrics::default(),
                 guest_output_bytes: config.broker.guest_output_bytes,
             };
@@ -132,10 +156,11 @@ impl Broker {
                 sha256 = %protocol.sha256,
                 "protocol loaded"
             );
+            core.sessions.register_kv(protocol.env.name.clone(), protocol.env.kv.clone());
             protocols.insert(name.clone(), Arc::new(protocol));
         }
+        restore(&core, &protocols, &mut snapshot);
 
-        let core = Arc::new(BrokerCore::new());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let mut bound = Vec::new();
@@ -171,6 +196,11 @@ impl Broker {
         for task in tasks {
             tracker.spawn(task.run());
         }
+        tracker.spawn(sweep_sessions(
+            core.clone(),
+            Duration::from_millis(config.storage.expiry_sweep_ms),
+            shutdown.clone(),
+        ));
         Ok(Broker {
             core,
             protocols,
@@ -230,6 +260,42 @@ impl Broker {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             tracing::info!(protocol = name, "final counters: {}", counters.join(" "));
+        }
+    }
+}
+
+/// Put what the store held back into the router, sessions and key-value.
+fn restore(core: &BrokerCore, protocols: &BTreeMap<String, Arc<Protocol>>, snapshot: &mut Snapshot) {
+    let (retained, sessions) = (snapshot.retained.len(), snapshot.sessions.len());
+    core.retained.restore(std::mem::take(&mut snapshot.retained));
+    core.sessions.restore(&core.router, snapshot);
+    let mut by_protocol: BTreeMap<String, Vec<(String, Vec<u8>)>> = BTreeMap::new();
+    for (protocol, key, value) in std::mem::take(&mut snapshot.kv) {
+        by_protocol.entry(protocol).or_default().push((key, value));
+    }
+    for (protocol, entries) in by_protocol {
+        match protocols.get(&protocol) {
+            Some(p) => p.env.kv.restore(entries),
+            None => tracing::warn!(
+                protocol,
+                "stored key-value data of a protocol not in the config is kept but unused"
+            ),
+        }
+    }
+    if retained + sessions > 0 {
+        tracing::info!(retained, sessions, "restored from storage");
+    }
+}
+
+/// Remove expired sessions periodically until shutdown.
+async fn sweep_sessions(core: Arc<BrokerCore>, every: Duration, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                core.sessions.sweep(&core.router, unix_now());
+            }
+            _ = shutdown.cancelled() => return,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
@@ -9,6 +10,7 @@ use crate::broker::Broker;
 use crate::config::{Config, Grants, Limits};
 use crate::kv::Kv;
 use crate::metrics::ProtocolMetrics;
+use crate::store::Store;
 use crate::wasm::engine::{PoolSize, build_engine};
 use crate::wasm::protocol::{Protocol, ProtocolEnv, build_linker};
 
@@ -94,7 +96,7 @@ pub async fn describe_component(path: &Path, pin: Option<&str>) -> Result<String
     let name = path.file_stem().map_or("guest".into(), |s| s.to_string_lossy().into_owned());
     let env = ProtocolEnv {
         name: name.as_str().into(),
-        kv: Kv::new(0),
+        kv: Arc::new(Kv::new(name.as_str().into(), 0, Arc::new(Store::memory().0))),
         limits,
         grants: Grants::default(),
         metrics: ProtocolMetrics::default(),

@@ -54,15 +54,36 @@ impl Default for BrokerSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Storage {
-    /// Storage engine. Only `memory` exists so far: nothing survives a restart.
+    /// Storage engine.
     pub engine: StorageEngine,
-    /// Directory for persistent data, relative to the config file.
+    /// Directory of the embedded database, relative to the config file. It
+    /// must exist: a missing directory is an error, never a silent reset.
     pub data_dir: PathBuf,
+    /// fsync every commit. Off trades durability on power loss for speed.
+    pub fsync: bool,
+    /// Extra wait, in microseconds, before a commit to gather more changes
+    /// into it (group commit). Changes arriving during a commit always share
+    /// the next one.
+    pub commit_delay_us: u64,
+    /// Most at-least-once deliveries queued per session.
+    pub session_queue_max: usize,
+    /// What happens when a session's queue is full.
+    pub queue_full: QueueFullPolicy,
+    /// How often expired sessions are removed, in milliseconds.
+    pub expiry_sweep_ms: u64,
 }
 
 impl Default for Storage {
     fn default() -> Self {
-        Self { engine: StorageEngine::Memory, data_dir: PathBuf::from("data") }
+        Self {
+            engine: StorageEngine::Embedded,
+            data_dir: PathBuf::from("data"),
+            fsync: true,
+            commit_delay_us: 0,
+            session_queue_max: 10_000,
+            queue_full: QueueFullPolicy::DropOldest,
+            expiry_sweep_ms: 1_000,
+        }
     }
 }
 
@@ -70,8 +91,20 @@ impl Default for Storage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StorageEngine {
-    /// Everything in memory.
+    /// A redb database file under `data_dir`.
+    Embedded,
+    /// Everything in memory; nothing survives a restart.
     Memory,
+}
+
+/// Policy for a full session queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueueFullPolicy {
+    /// Drop the oldest queued delivery to make room.
+    DropOldest,
+    /// Drop the new delivery.
+    Refuse,
 }
 
 /// One `[[listeners]]` entry.
@@ -258,6 +291,12 @@ impl Config {
                 return Err((key("probe_bytes"), "must be between 1 and 4096".into()));
             }
         }
+        if self.storage.session_queue_max == 0 {
+            return Err(("storage.session_queue_max".into(), "must be at least 1".into()));
+        }
+        if self.storage.expiry_sweep_ms == 0 {
+            return Err(("storage.expiry_sweep_ms".into(), "must be at least 1".into()));
+        }
         for (name, protocol) in &self.protocols {
             let key = |field: &str| format!("protocols.{name}.{field}");
             if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
@@ -322,7 +361,7 @@ mod tests {
         let echo = &config.protocols["echo"];
         assert_eq!(echo.limits.max_connections, 10_000);
         assert_eq!(echo.grants.publish, vec!["#".to_string()]);
-        assert_eq!(config.storage.engine, StorageEngine::Memory);
+        assert_eq!(config.storage.engine, StorageEngine::Embedded);
     }
 
     #[test]

@@ -2,18 +2,23 @@
 //!
 //! Keys and values count against the protocol's `kv_quota_bytes`. Session
 //! scoped entries live in the same map under a prefix holding the client id,
-//! so the quota covers both scopes.
+//! so the quota covers both scopes. Every change is written to the store.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
+
+use crate::store::{Op, Store};
 
 /// Longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
 
 /// One protocol's store.
 pub struct Kv {
+    protocol: Arc<str>,
     quota: usize,
+    store: Arc<Store>,
     inner: Mutex<Inner>,
 }
 
@@ -31,9 +36,19 @@ pub struct QuotaExceeded {
 }
 
 impl Kv {
-    /// An empty store holding at most `quota` bytes.
-    pub fn new(quota: usize) -> Self {
-        Self { quota, inner: Mutex::default() }
+    /// An empty store for `protocol` holding at most `quota` bytes.
+    pub fn new(protocol: Arc<str>, quota: usize, store: Arc<Store>) -> Self {
+        Self { protocol, quota, store, inner: Mutex::default() }
+    }
+
+    /// Load entries kept from an earlier run (they may exceed a lowered
+    /// quota; new writes are then refused until enough is deleted).
+    pub fn restore(&self, entries: impl IntoIterator<Item = (String, Vec<u8>)>) {
+        let mut inner = self.inner.lock();
+        for (key, value) in entries {
+            inner.used += key.len() + value.len();
+            inner.entries.insert(key, value);
+        }
     }
 
     /// The value under `key`.
@@ -50,6 +65,11 @@ impl Kv {
             return Err(QuotaExceeded { quota: self.quota });
         }
         inner.used = used;
+        self.store.submit(vec![Op::PutKv {
+            protocol: self.protocol.to_string(),
+            key: key.clone(),
+            value: value.clone(),
+        }]);
         inner.entries.insert(key, value);
         Ok(())
     }
@@ -60,6 +80,8 @@ impl Kv {
         match inner.entries.remove(key) {
             Some(value) => {
                 inner.used -= key.len() + value.len();
+                self.store
+                    .submit(vec![Op::DeleteKv { protocol: self.protocol.to_string(), key: key.to_string() }]);
                 true
             }
             None => false,
@@ -70,14 +92,17 @@ impl Kv {
     pub fn delete_prefix(&self, prefix: &str) {
         let mut inner = self.inner.lock();
         let mut freed = 0;
+        let mut ops = Vec::new();
         inner.entries.retain(|k, v| {
             let keep = !k.starts_with(prefix);
             if !keep {
                 freed += k.len() + v.len();
+                ops.push(Op::DeleteKv { protocol: self.protocol.to_string(), key: k.clone() });
             }
             keep
         });
         inner.used -= freed;
+        self.store.submit(ops);
     }
 
     /// Bytes in use.
@@ -92,7 +117,7 @@ mod tests {
 
     #[test]
     fn quota_counts_keys_and_values() {
-        let kv = Kv::new(10);
+        let kv = Kv::new("p".into(), 10, Arc::new(Store::memory().0));
         kv.set("ab".into(), b"cdef".to_vec()).unwrap();
         assert_eq!(kv.used(), 6);
         assert!(kv.set("x".into(), b"yyyy".to_vec()).is_err());

@@ -13,8 +13,10 @@ pub mod kv;
 pub mod mailbox;
 pub mod metrics;
 pub mod net;
+pub mod retained;
 pub mod router;
 pub mod sessions;
+pub mod store;
 pub mod topic;
 pub mod wasm;
 

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 
-use crate::wasm::bindings::types::{Message, Qos};
+use crate::store::StoredMessage;
+use crate::wasm::bindings::types::Qos;
 
 /// Overhead charged per queued delivery on top of topic and payload.
 const DELIVERY_OVERHEAD: usize = 64;
@@ -19,18 +20,24 @@ const DELIVERY_OVERHEAD: usize = 64;
 /// One message routed to one subscription of a connection.
 #[derive(Debug, Clone)]
 pub struct Routed {
-    /// Connection-local subscription id.
+    /// Subscription id (of the connection or its session).
     pub subscription: u32,
     /// The message, shared by every subscriber.
-    pub message: Arc<Message>,
+    pub message: Arc<StoredMessage>,
     /// QoS after the subscription's ceiling.
     pub qos: Qos,
+    /// The session's delivery id, for deliveries queued in a session.
+    pub delivery_id: Option<u64>,
+    /// Sent from the retained store because of a new subscription.
+    pub from_retained: bool,
+    /// Handed out before without an ack.
+    pub redelivered: bool,
 }
 
 impl Routed {
     /// Bytes this delivery is charged against the outbound budget.
     pub fn charge(&self) -> usize {
-        self.message.topic.len() + self.message.payload.len() + DELIVERY_OVERHEAD
+        self.message.message.topic.len() + self.message.message.payload.len() + DELIVERY_OVERHEAD
     }
 }
 
@@ -86,8 +93,8 @@ impl Mailbox {
     }
 
     /// Queue a delivery unless the connection is over its byte bound.
-    /// A client too slow for an at-least-once delivery is disconnected;
-    /// the durable queue that keeps such messages comes with sessions.
+    /// A client too slow for an at-least-once delivery is disconnected (a
+    /// session keeps the delivery queued for its return).
     pub fn push(&self, routed: Routed) -> Pushed {
         let charge = routed.charge();
         let queued = self.queued_bytes.fetch_add(charge, Ordering::AcqRel);

@@ -15,16 +15,60 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use parking_lot::RwLock;
 
 use crate::mailbox::{Mailbox, Pushed, Routed};
+use crate::sessions::Session;
+use crate::store::StoredMessage;
 use crate::topic;
-use crate::wasm::bindings::types::{FilterKind, Message, Qos};
+use crate::wasm::bindings::types::{FilterKind, Qos};
 
 /// Router-wide subscription key.
 pub type SubscriptionKey = u64;
 
+/// Who a subscription delivers to.
+pub enum Target {
+    /// A connection without a session: deliveries go straight to its inbox.
+    Connection(Arc<Mailbox>),
+    /// A session: at-least-once deliveries are queued until acked, and wait
+    /// there while the client is away.
+    Session(Arc<Session>),
+}
+
+impl Target {
+    /// The connection currently behind this target.
+    fn connection(&self) -> Option<u64> {
+        match self {
+            Target::Connection(mailbox) => Some(mailbox.connection),
+            Target::Session(session) => session.holder_connection(),
+        }
+    }
+
+    /// Hand over one message.
+    pub fn deliver(&self, id: u32, message: &Arc<StoredMessage>, qos: Qos, from_retained: bool) {
+        match self {
+            Target::Connection(mailbox) => {
+                let routed = Routed {
+                    subscription: id,
+                    message: message.clone(),
+                    qos,
+                    delivery_id: None,
+                    from_retained,
+                    redelivered: false,
+                };
+                if mailbox.push(routed) == Pushed::Dropped {
+                    tracing::debug!(
+                        connection = mailbox.connection,
+                        "delivery dropped: outbound buffer full"
+                    );
+                }
+            }
+            Target::Session(session) => session.offer(id, message, qos, from_retained),
+        }
+    }
+}
+
 /// What the router needs to know about one subscription.
 pub struct Subscription {
-    /// The subscriber's inbox.
-    pub mailbox: Arc<Mailbox>,
+    /// Where matching messages go.
+    pub target: Target,
     /// Connection-local id handed to the guest.
     pub id: u32,
     /// The filter as given.
@@ -184,26 +228,24 @@ impl Router {
 
     /// Route `message` from connection `publisher`; returns how many
     /// subscriptions it was handed to.
-    pub fn publish(&self, message: Arc<Message>, publisher: u64) -> u32 {
+    pub fn publish(&self, message: Arc<StoredMessage>, publisher: u64) -> u32 {
         let index = self.index.read();
         let mut keys = Vec::new();
-        let levels: Vec<&str> = message.topic.split('/').collect();
-        index.wildcard.collect(&levels, 0, message.topic.starts_with('$'), &mut keys);
-        if let Some(exact) = index.exact.get(&message.topic) {
+        let topic = message.message.topic.as_str();
+        let levels: Vec<&str> = topic.split('/').collect();
+        index.wildcard.collect(&levels, 0, topic.starts_with('$'), &mut keys);
+        if let Some(exact) = index.exact.get(topic) {
             keys.extend_from_slice(exact);
         }
         keys.extend(
-            index
-                .globs
-                .iter()
-                .filter(|key| topic::glob_matches(&index.subscriptions[key].filter, &message.topic)),
+            index.globs.iter().filter(|key| topic::glob_matches(&index.subscriptions[key].filter, topic)),
         );
 
         let mut receivers = 0;
         let mut grouped: HashMap<&str, Vec<&Subscription>> = HashMap::new();
         for key in keys {
             let subscription = &index.subscriptions[&key];
-            if subscription.no_local && subscription.mailbox.connection == publisher {
+            if subscription.no_local && subscription.target.connection() == Some(publisher) {
                 continue;
             }
             match &subscription.group {
@@ -215,8 +257,14 @@ impl Router {
             }
         }
         for (group, mut members) in grouped {
-            // Stable order, so the cursor rotates fairly across publishes.
-            members.sort_unstable_by_key(|s| (s.mailbox.connection, s.id));
+            // Prefer members whose client is connected; stable order, so the
+            // cursor rotates fairly across publishes.
+            let online: Vec<&Subscription> =
+                members.iter().copied().filter(|s| s.target.connection().is_some()).collect();
+            if !online.is_empty() {
+                members = online;
+            }
+            members.sort_unstable_by_key(|s| (s.target.connection(), s.id));
             let turn = self.groups.cursor(group).fetch_add(1, Ordering::Relaxed);
             deliver(members[turn % members.len()], &message);
             receivers += 1;
@@ -225,17 +273,9 @@ impl Router {
     }
 }
 
-/// Hand `message` to one subscription. A full mailbox drops it there (and
-/// counts it); the subscription still counts as a receiver.
-fn deliver(subscription: &Subscription, message: &Arc<Message>) {
-    let qos = min_qos(message.qos, subscription.max_qos);
-    let routed = Routed { subscription: subscription.id, message: message.clone(), qos };
-    if subscription.mailbox.push(routed) == Pushed::Dropped {
-        tracing::debug!(
-            connection = subscription.mailbox.connection,
-            "delivery dropped: outbound buffer full"
-        );
-    }
+fn deliver(subscription: &Subscription, message: &Arc<StoredMessage>) {
+    let qos = min_qos(message.message.qos, subscription.max_qos);
+    subscription.target.deliver(subscription.id, message, qos, false);
 }
 
 /// The lower of two QoS levels.
@@ -254,19 +294,23 @@ pub fn min_qos(a: Qos, b: Qos) -> Qos {
 mod tests {
     use super::*;
     use crate::mailbox::Inbox;
+    use crate::wasm::bindings::types::Message;
 
-    fn message(topic: &str) -> Arc<Message> {
-        Arc::new(Message {
-            topic: topic.into(),
-            payload: b"x".to_vec(),
-            headers: vec![],
-            reply_to: None,
-            correlation: None,
-            content_type: None,
-            utf8_payload: false,
-            expiry_secs: None,
-            retain: false,
-            qos: Qos::AtMostOnce,
+    fn message(topic: &str) -> Arc<StoredMessage> {
+        Arc::new(StoredMessage {
+            published_at: 0,
+            message: Message {
+                topic: topic.into(),
+                payload: b"x".to_vec(),
+                headers: vec![],
+                reply_to: None,
+                correlation: None,
+                content_type: None,
+                utf8_payload: false,
+                expiry_secs: None,
+                retain: false,
+                qos: Qos::AtMostOnce,
+            },
         })
     }
 
@@ -279,7 +323,7 @@ mod tests {
         group: Option<&str>,
     ) -> SubscriptionKey {
         router.subscribe(Subscription {
-            mailbox: mailbox.clone(),
+            target: Target::Connection(mailbox.clone()),
             id,
             filter: filter.into(),
             kind,
@@ -346,7 +390,7 @@ mod tests {
         let router = Router::default();
         let (mailbox, _inbox) = Mailbox::new(7, 1 << 20);
         router.subscribe(Subscription {
-            mailbox: mailbox.clone(),
+            target: Target::Connection(mailbox.clone()),
             id: 1,
             filter: "t".into(),
             kind: FilterKind::Wildcard,

@@ -1,97 +1,544 @@
-//! Session registry: which connection holds which client id.
+//! Sessions: state that belongs to a client id rather than to a connection.
 //!
-//! Sessions are keyed by (protocol, client id). Attaching a client id that
-//! another connection holds closes that connection (takeover). In this
-//! in-memory registry a session ends with its connection; its session-scoped
-//! key-value entries go with it.
+//! A session is keyed by (protocol, client id). It owns its subscriptions
+//! (they stay in the router while the client is away), a queue of
+//! at-least-once deliveries waiting for acknowledgement, and an in-flight
+//! window. Attaching an id that another connection holds closes that
+//! connection (takeover) and resumes the session on the new one, re-sending
+//! every unacknowledged delivery. A session whose expiry is not zero
+//! outlives its connection and is written to the store, so it also survives
+//! a restart.
+//!
+//! Lock order: the router's lock may be held while a session's mutex is
+//! taken (fan-out), never the reverse; nothing here calls the router while
+//! holding a session's mutex or the registry's.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::mailbox::{Kick, Mailbox};
+use crate::config::QueueFullPolicy;
+use crate::kv::Kv;
+use crate::mailbox::{Mailbox, Pushed, Routed};
+use crate::router::{Router, Subscription, SubscriptionKey, Target};
+use crate::store::{Op, QueuedRecord, SessionRecord, Snapshot, Store, StoredMessage};
+use crate::wasm::bindings::types::{Qos, SubscribeOptions, SubscriptionInfo};
+
+/// Current time in Unix seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Bounds of every session's queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueSettings {
+    pub max: usize,
+    pub policy: QueueFullPolicy,
+}
+
+/// One subscription owned by a session.
+#[derive(Debug, Clone)]
+struct SessionSubscription {
+    filter: String,
+    options: SubscribeOptions,
+    key: SubscriptionKey,
+}
+
+/// An at-least-once delivery waiting for its ack.
+struct Queued {
+    subscription: u32,
+    message: Arc<StoredMessage>,
+    from_retained: bool,
+    /// Handed to a connection at least once.
+    delivered: bool,
+}
+
+struct Inner {
+    /// Outlives its connection (expiry not zero).
+    persistent: bool,
+    expiry_secs: Option<u32>,
+    holder: Option<Arc<Mailbox>>,
+    subscriptions: BTreeMap<u32, SessionSubscription>,
+    next_subscription: u32,
+    queue: BTreeMap<u64, Queued>,
+    next_seq: u64,
+    /// Next queue position to hand out.
+    cursor: u64,
+    inflight: usize,
+    max_inflight: usize,
+    disconnected_at: Option<u64>,
+    ended: bool,
+}
+
+/// One session.
+pub struct Session {
+    pub protocol: Arc<str>,
+    pub client_id: String,
+    store_key: String,
+    store: Arc<Store>,
+    queue_settings: QueueSettings,
+    dropped: AtomicU64,
+    inner: Mutex<Inner>,
+}
+
+impl Session {
+    fn new(
+        protocol: Arc<str>,
+        client_id: String,
+        registry: &Sessions,
+        persistent: bool,
+        expiry_secs: Option<u32>,
+    ) -> Self {
+        Session {
+            store_key: storage_key(&protocol, &client_id),
+            protocol,
+            client_id,
+            store: registry.store.clone(),
+            queue_settings: registry.queue,
+            dropped: AtomicU64::new(0),
+            inner: Mutex::new(Inner {
+                persistent,
+                expiry_secs,
+                holder: None,
+                subscriptions: BTreeMap::new(),
+                next_subscription: 1,
+                queue: BTreeMap::new(),
+                next_seq: 1,
+                cursor: 0,
+                inflight: 0,
+                max_inflight: usize::from(u16::MAX),
+                disconnected_at: None,
+                ended: false,
+            }),
+        }
+    }
+
+    /// Connection id of the holder, if online.
+    pub fn holder_connection(&self) -> Option<u64> {
+        self.inner.lock().holder.as_ref().map(|m| m.connection)
+    }
+
+    /// Deliveries dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Number of queued (unacknowledged) deliveries.
+    pub fn queued(&self) -> usize {
+        self.inner.lock().queue.len()
+    }
+
+    fn record(inner: &Inner) -> SessionRecord {
+        SessionRecord {
+            expiry_secs: inner.expiry_secs,
+            disconnected_at: inner.disconnected_at,
+            subscriptions: inner
+                .subscriptions
+                .iter()
+                .map(|(id, s)| (*id, s.filter.clone(), s.options.clone()))
+                .collect(),
+            next_subscription: inner.next_subscription,
+        }
+    }
+
+    fn persist(&self, inner: &Inner) {
+        if inner.persistent && !inner.ended {
+            self.store
+                .submit(vec![Op::PutSession { key: self.store_key.clone(), record: Self::record(inner) }]);
+        }
+    }
+
+    /// Hand `message` (matched by subscription `id`) to this session.
+    pub fn offer(&self, id: u32, message: &Arc<StoredMessage>, qos: Qos, from_retained: bool) {
+        let mut inner = self.inner.lock();
+        if inner.ended {
+            return;
+        }
+        if qos == Qos::AtMostOnce {
+            if let Some(holder) = &inner.holder {
+                holder.push(Routed {
+                    subscription: id,
+                    message: message.clone(),
+                    qos,
+                    delivery_id: None,
+                    from_retained,
+                    redelivered: false,
+                });
+            }
+            return;
+        }
+        if inner.queue.len() >= self.queue_settings.max {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            match self.queue_settings.policy {
+                QueueFullPolicy::Refuse => {
+                    tracing::debug!(session = %self.client_id, "queue full: delivery refused");
+                    return;
+                }
+                QueueFullPolicy::DropOldest => {
+                    if let Some((seq, oldest)) = inner.queue.pop_first() {
+                        if oldest.delivered && inner.holder.is_some() {
+                            inner.inflight = inner.inflight.saturating_sub(1);
+                        }
+                        if inner.persistent {
+                            self.store.submit(vec![Op::Dequeue { key: self.store_key.clone(), seq }]);
+                        }
+                        tracing::debug!(session = %self.client_id, seq, "queue full: oldest delivery dropped");
+                    }
+                }
+            }
+        }
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        let mut stored = message.clone();
+        if stored.message.qos != qos {
+            let mut capped = (*stored).clone();
+            capped.message.qos = qos;
+            stored = Arc::new(capped);
+        }
+        if inner.persistent {
+            let record = QueuedRecord { subscription: id, message: (*stored).clone(), from_retained };
+            self.store.submit(vec![Op::Enqueue { key: self.store_key.clone(), seq, record }]);
+        }
+        inner
+            .queue
+            .insert(seq, Queued { subscription: id, message: stored, from_retained, delivered: false });
+        Self::pump(&mut inner);
+    }
+
+    /// Hand queued deliveries to the holder while the in-flight window allows.
+    fn pump(inner: &mut Inner) {
+        let Some(holder) = inner.holder.clone() else { return };
+        let now = unix_now();
+        let mut expired = Vec::new();
+        let mut cursor = inner.cursor;
+        for (&seq, queued) in inner.queue.range_mut(inner.cursor..) {
+            if inner.inflight >= inner.max_inflight {
+                break;
+            }
+            cursor = seq + 1;
+            if queued.message.expired(now) {
+                expired.push(seq);
+                continue;
+            }
+            let routed = Routed {
+                subscription: queued.subscription,
+                message: queued.message.clone(),
+                qos: queued.message.message.qos,
+                delivery_id: Some(seq),
+                from_retained: queued.from_retained,
+                redelivered: queued.delivered,
+            };
+            if holder.push(routed) == Pushed::Dropped {
+                cursor = seq;
+                break;
+            }
+            queued.delivered = true;
+            inner.inflight += 1;
+        }
+        inner.cursor = cursor;
+        for seq in expired {
+            inner.queue.remove(&seq);
+        }
+    }
+
+    /// Acknowledge delivery `seq`; returns whether it was pending.
+    pub fn ack(&self, seq: u64) -> bool {
+        let mut inner = self.inner.lock();
+        let Some(queued) = inner.queue.remove(&seq) else { return false };
+        if queued.delivered {
+            inner.inflight = inner.inflight.saturating_sub(1);
+        }
+        if inner.persistent {
+            self.store.submit(vec![Op::Dequeue { key: self.store_key.clone(), seq }]);
+        }
+        Self::pump(&mut inner);
+        true
+    }
+
+    /// Make `mailbox`'s connection the holder and re-send what is unacked.
+    fn bind(
+        &self,
+        mailbox: &Arc<Mailbox>,
+        max_inflight: u16,
+        expiry_secs: Option<u32>,
+    ) -> Vec<SubscriptionInfo> {
+        let mut inner = self.inner.lock();
+        if let Some(previous) = inner.holder.replace(mailbox.clone())
+            && previous.connection != mailbox.connection
+        {
+            tracing::info!(protocol = %self.protocol, client_id = %self.client_id, old = previous.connection, new = mailbox.connection, "session taken over");
+            previous.kick(crate::mailbox::Kick::SessionTakenOver);
+        }
+        inner.expiry_secs = expiry_secs;
+        inner.persistent = expiry_secs != Some(0);
+        inner.max_inflight = usize::from(max_inflight.max(1));
+        inner.inflight = 0;
+        inner.cursor = 0;
+        inner.disconnected_at = None;
+        let subscriptions = inner
+            .subscriptions
+            .iter()
+            .map(|(id, s)| SubscriptionInfo { id: *id, filter: s.filter.clone(), options: s.options.clone() })
+            .collect();
+        self.persist(&inner);
+        Self::pump(&mut inner);
+        subscriptions
+    }
+
+    /// The holder `connection` went away; returns whether it held the session.
+    fn unbind(&self, connection: u64) -> bool {
+        let mut inner = self.inner.lock();
+        if inner.holder.as_ref().is_none_or(|h| h.connection != connection) {
+            return false;
+        }
+        inner.holder = None;
+        inner.inflight = 0;
+        inner.disconnected_at = Some(unix_now());
+        self.persist(&inner);
+        true
+    }
+
+    /// A new subscription id.
+    pub fn next_subscription_id(&self) -> u32 {
+        let mut inner = self.inner.lock();
+        let id = inner.next_subscription;
+        inner.next_subscription = inner.next_subscription.checked_add(1).unwrap_or(1);
+        id
+    }
+
+    /// Record a subscription the router now holds.
+    pub fn add_subscription(&self, id: u32, filter: String, options: SubscribeOptions, key: SubscriptionKey) {
+        let mut inner = self.inner.lock();
+        inner.subscriptions.insert(id, SessionSubscription { filter, options, key });
+        self.persist(&inner);
+    }
+
+    /// Forget subscription `id`; returns its router key.
+    pub fn remove_subscription(&self, id: u32) -> Option<SubscriptionKey> {
+        let mut inner = self.inner.lock();
+        let removed = inner.subscriptions.remove(&id)?;
+        self.persist(&inner);
+        Some(removed.key)
+    }
+
+    /// Whether the session already subscribes to `filter` with the same kind and group.
+    pub fn has_filter(&self, filter: &str, options: &SubscribeOptions) -> bool {
+        self.inner
+            .lock()
+            .subscriptions
+            .values()
+            .any(|s| s.filter == filter && s.options.kind == options.kind && s.options.group == options.group)
+    }
+
+    /// Mark the session ended; returns its router keys.
+    fn end(&self) -> Vec<SubscriptionKey> {
+        let mut inner = self.inner.lock();
+        inner.ended = true;
+        inner.queue.clear();
+        std::mem::take(&mut inner.subscriptions).into_values().map(|s| s.key).collect()
+    }
+
+    fn expired_at(&self, now: u64) -> bool {
+        let inner = self.inner.lock();
+        match (inner.holder.is_some(), inner.disconnected_at, inner.expiry_secs) {
+            (false, Some(at), Some(secs)) => now >= at + u64::from(secs),
+            _ => false,
+        }
+    }
+}
+
+/// Key of a session in the store.
+fn storage_key(protocol: &str, client_id: &str) -> String {
+    format!("{protocol}\0{client_id}")
+}
 
 /// Result of attaching a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attached {
-    /// The client id in force (assigned when the guest passed "").
-    pub client_id: String,
-    /// Whether a stored session was resumed.
+    pub session: Arc<Session>,
     pub present: bool,
+    pub subscriptions: Vec<SubscriptionInfo>,
 }
 
 /// A session's identity: (protocol, client id).
 type SessionKey = (Arc<str>, String);
 
-/// The registry.
+/// The registry of sessions.
 pub struct Sessions {
-    holders: Mutex<HashMap<SessionKey, Arc<Mailbox>>>,
+    map: Mutex<HashMap<SessionKey, Arc<Session>>>,
     assigned: AtomicU64,
     prefix: String,
+    store: Arc<Store>,
+    queue: QueueSettings,
+    kvs: Mutex<HashMap<Arc<str>, Arc<Kv>>>,
 }
 
 impl Sessions {
-    /// A registry whose assigned client ids start with `prefix`.
-    pub fn new(prefix: impl Into<String>) -> Self {
-        Self { holders: Mutex::default(), assigned: AtomicU64::new(1), prefix: prefix.into() }
+    /// A registry; assigned client ids start with `prefix`.
+    pub fn new(prefix: impl Into<String>, store: Arc<Store>, queue: QueueSettings) -> Self {
+        Self {
+            map: Mutex::default(),
+            assigned: AtomicU64::new(1),
+            prefix: prefix.into(),
+            store,
+            queue,
+            kvs: Mutex::default(),
+        }
     }
 
-    /// Attach `mailbox`'s connection to `client_id` of `protocol`, closing
-    /// any other connection holding it.
-    pub fn attach(&self, protocol: &Arc<str>, client_id: &str, mailbox: &Arc<Mailbox>) -> Attached {
+    /// Register a protocol's key-value store, whose session-scoped entries
+    /// are deleted with the session.
+    pub fn register_kv(&self, protocol: Arc<str>, kv: Arc<Kv>) {
+        self.kvs.lock().insert(protocol, kv);
+    }
+
+    /// Number of sessions.
+    pub fn len(&self) -> usize {
+        self.map.lock().len()
+    }
+
+    /// Whether there are no sessions.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The session of `client_id` in `protocol`, if any.
+    pub fn get(&self, protocol: &str, client_id: &str) -> Option<Arc<Session>> {
+        self.map.lock().get(&(Arc::from(protocol), client_id.to_string())).cloned()
+    }
+
+    /// Attach `mailbox`'s connection to the session of `client_id`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attach(
+        &self,
+        router: &Router,
+        protocol: &Arc<str>,
+        client_id: &str,
+        clean: bool,
+        expiry_secs: Option<u32>,
+        max_inflight: u16,
+        mailbox: &Arc<Mailbox>,
+    ) -> Attached {
         let client_id = if client_id.is_empty() {
             format!("{}-{}", self.prefix, self.assigned.fetch_add(1, Ordering::Relaxed))
         } else {
             client_id.to_string()
         };
-        let previous = self.holders.lock().insert((protocol.clone(), client_id.clone()), mailbox.clone());
-        if let Some(previous) = previous
-            && previous.connection != mailbox.connection
+        let key = (protocol.clone(), client_id.clone());
+        let existing = self.map.lock().get(&key).cloned();
+        let existing = match existing {
+            Some(old) if clean => {
+                // The old holder (if any) is closed; its session is discarded.
+                if let Some(holder) = old.inner.lock().holder.clone()
+                    && holder.connection != mailbox.connection
+                {
+                    holder.kick(crate::mailbox::Kick::SessionTakenOver);
+                }
+                self.destroy(router, &old);
+                None
+            }
+            other => other,
+        };
+        let (session, present) = match existing {
+            Some(session) => (session, true),
+            None => {
+                let persistent = expiry_secs != Some(0);
+                let session = Arc::new(Session::new(
+                    protocol.clone(),
+                    client_id.clone(),
+                    self,
+                    persistent,
+                    expiry_secs,
+                ));
+                self.map.lock().insert(key, session.clone());
+                (session, false)
+            }
+        };
+        let subscriptions = session.bind(mailbox, max_inflight, expiry_secs);
+        Attached { session, present, subscriptions }
+    }
+
+    /// The connection `connection` ended; a session that does not outlive
+    /// it is removed.
+    pub fn release(&self, router: &Router, session: &Arc<Session>, connection: u64) {
+        if session.unbind(connection) && !session.inner.lock().persistent {
+            self.destroy(router, session);
+        }
+    }
+
+    /// Remove a session, its subscriptions, queue, and session-scoped data.
+    pub fn destroy(&self, router: &Router, session: &Arc<Session>) {
         {
-            tracing::info!(%protocol, client_id, old = previous.connection, new = mailbox.connection, "session taken over");
-            previous.kick(Kick::SessionTakenOver);
+            let mut map = self.map.lock();
+            let key = (session.protocol.clone(), session.client_id.clone());
+            if map.get(&key).is_some_and(|s| Arc::ptr_eq(s, session)) {
+                map.remove(&key);
+            }
         }
-        Attached { client_id, present: false }
-    }
-
-    /// Release `client_id` if `connection` still holds it; returns whether it did.
-    pub fn release(&self, protocol: &Arc<str>, client_id: &str, connection: u64) -> bool {
-        let mut holders = self.holders.lock();
-        let key = (protocol.clone(), client_id.to_string());
-        if holders.get(&key).is_some_and(|m| m.connection == connection) {
-            holders.remove(&key);
-            true
-        } else {
-            false
+        for key in session.end() {
+            router.unsubscribe(key);
+        }
+        self.store.submit(vec![Op::DeleteSession { key: session.store_key.clone() }]);
+        if let Some(kv) = self.kvs.lock().get(&session.protocol) {
+            kv.delete_prefix(&crate::wasm::host::session_kv_prefix(&session.client_id));
         }
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn takeover_kicks_the_older_connection() {
-        let sessions = Sessions::new("test");
-        let protocol: Arc<str> = "mqtt".into();
-        let (old, _old_inbox) = Mailbox::new(1, 1024);
-        let (new, _new_inbox) = Mailbox::new(2, 1024);
-        sessions.attach(&protocol, "c1", &old);
-        sessions.attach(&protocol, "c1", &new);
-        assert!(!sessions.release(&protocol, "c1", 1), "the old holder no longer owns it");
-        assert!(sessions.release(&protocol, "c1", 2));
+    /// Remove sessions whose expiry passed while offline; returns how many.
+    pub fn sweep(&self, router: &Router, now: u64) -> usize {
+        let expired: Vec<Arc<Session>> =
+            self.map.lock().values().filter(|s| s.expired_at(now)).cloned().collect();
+        for session in &expired {
+            tracing::debug!(protocol = %session.protocol, client_id = %session.client_id, "session expired");
+            self.destroy(router, session);
+        }
+        expired.len()
     }
 
-    #[test]
-    fn empty_client_id_is_assigned() {
-        let sessions = Sessions::new("sp");
-        let (m, _inbox) = Mailbox::new(1, 1024);
-        let a = sessions.attach(&"mqtt".into(), "", &m);
-        let b = sessions.attach(&"mqtt".into(), "", &m);
-        assert!(a.client_id.starts_with("sp-"));
-        assert_ne!(a.client_id, b.client_id);
+    /// Rebuild sessions (and their subscriptions in `router`) from the store.
+    pub fn restore(&self, router: &Router, snapshot: &mut Snapshot) {
+        let now = unix_now();
+        for (key, record, queued) in snapshot.sessions.drain(..) {
+            let Some((protocol, client_id)) = key.split_once('\0') else { continue };
+            let protocol: Arc<str> = protocol.into();
+            let session = Arc::new(Session::new(
+                protocol.clone(),
+                client_id.to_string(),
+                self,
+                true,
+                record.expiry_secs,
+            ));
+            {
+                let mut inner = session.inner.lock();
+                // A crash leaves no disconnect time: count from this start.
+                inner.disconnected_at = Some(record.disconnected_at.unwrap_or(now));
+                inner.next_subscription = record.next_subscription;
+                for (seq, item) in queued {
+                    inner.next_seq = inner.next_seq.max(seq + 1);
+                    let message = Arc::new(item.message);
+                    let queued = Queued {
+                        subscription: item.subscription,
+                        message,
+                        from_retained: item.from_retained,
+                        delivered: false,
+                    };
+                    inner.queue.insert(seq, queued);
+                }
+            }
+            for (id, filter, options) in record.subscriptions {
+                let key = router.subscribe(Subscription {
+                    target: Target::Session(session.clone()),
+                    id,
+                    filter: filter.clone(),
+                    kind: options.kind,
+                    max_qos: options.max_qos,
+                    group: options.group.clone(),
+                    no_local: options.no_local,
+                });
+                session.inner.lock().subscriptions.insert(id, SessionSubscription { filter, options, key });
+            }
+            self.map.lock().insert((protocol, client_id.to_string()), session);
+        }
     }
 }

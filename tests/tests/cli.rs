@@ -81,6 +81,9 @@ async fn run_fails_with(config: &str) -> String {
 }
 
 const GOOD: &str = r#"
+[storage]
+engine = "memory"
+
 [[listeners]]
 bind = "127.0.0.1:0"
 protocols = ["echo"]
@@ -100,7 +103,7 @@ async fn bad_configs_name_the_key() {
     assert!(stderr.contains("listeners[0].protocols") && stderr.contains("ehco"), "{stderr}");
     let stderr = run_fails_with(&format!("{GOOD}\n[protocols.echo.limits]\ncall_deadline_ms = 0\n")).await;
     assert!(stderr.contains("protocols.echo.limits.call_deadline_ms"), "{stderr}");
-    let stderr = run_fails_with(&format!("{GOOD}\n[storage]\nengine = \"cassandra\"\n")).await;
+    let stderr = run_fails_with(&GOOD.replace(r#"engine = "memory""#, r#"engine = "cassandra""#)).await;
     assert!(stderr.contains("engine"), "{stderr}");
 }
 

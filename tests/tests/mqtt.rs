@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
+use sandport_tests::mqtt::{RawClient, connect, packet, publish, put_string, subscribe};
 use sandport_tests::{LineClient, TestBroker, WAIT, run_tool};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 const CONFIG: &str = r#"
@@ -118,90 +117,10 @@ async fn shared_subscription_splits_messages() {
 
 // --- hand-built packets -------------------------------------------------
 
-/// A CONNECT packet (MQTT 3.1.1).
-fn connect(client_id: &str, keep_alive: u16, clean: bool, will: Option<(&str, &str)>) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4];
-    let mut flags = if clean { 0x02 } else { 0 };
-    if will.is_some() {
-        flags |= 0x04;
-    }
-    body.push(flags);
-    body.extend_from_slice(&keep_alive.to_be_bytes());
-    put_string(&mut body, client_id);
-    if let Some((topic, message)) = will {
-        put_string(&mut body, topic);
-        put_string(&mut body, message);
-    }
-    packet(0x10, &body)
-}
-
-fn put_string(out: &mut Vec<u8>, text: &str) {
-    out.extend_from_slice(&(text.len() as u16).to_be_bytes());
-    out.extend_from_slice(text.as_bytes());
-}
-
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    assert!(body.len() < 128, "test packets are small");
-    let mut out = vec![first, body.len() as u8];
-    out.extend_from_slice(body);
-    out
-}
-
-fn subscribe(packet_id: u16, filter: &str, qos: u8) -> Vec<u8> {
-    let mut body = packet_id.to_be_bytes().to_vec();
-    put_string(&mut body, filter);
-    body.push(qos);
-    packet(0x82, &body)
-}
-
-fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    put_string(&mut body, topic);
-    body.extend_from_slice(payload);
-    packet(0x30, &body)
-}
-
-struct RawClient {
-    stream: TcpStream,
-}
-
-impl RawClient {
-    async fn connect(broker: &TestBroker) -> RawClient {
-        RawClient { stream: TcpStream::connect(broker.addr("mqtt")).await.unwrap() }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
-    }
-
-    async fn read(&mut self, n: usize) -> Vec<u8> {
-        let mut buf = vec![0; n];
-        tokio::time::timeout(WAIT, self.stream.read_exact(&mut buf))
-            .await
-            .expect("reply in time")
-            .expect("reply");
-        buf
-    }
-
-    async fn handshake(broker: &TestBroker, client_id: &str) -> RawClient {
-        let mut client = RawClient::connect(broker).await;
-        client.send(&connect(client_id, 60, true, None)).await;
-        assert_eq!(client.read(4).await, [0x20, 2, 0, 0], "CONNACK accepted");
-        client
-    }
-
-    /// Wait for the server to close; returns the bytes it sent first.
-    async fn closed(&mut self) -> Vec<u8> {
-        let mut rest = Vec::new();
-        tokio::time::timeout(WAIT, self.stream.read_to_end(&mut rest)).await.expect("closed in time").ok();
-        rest
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packet_level_round_trip() {
     let broker = TestBroker::start(CONFIG).await;
-    let mut client = RawClient::handshake(&broker, "raw-1").await;
+    let mut client = RawClient::handshake(broker.addr("mqtt"), "raw-1").await;
     client.send(&[0xc0, 0]).await; // PINGREQ
     assert_eq!(client.read(2).await, [0xd0, 0]);
     client.send(&subscribe(7, "t/+", 1)).await;
@@ -224,32 +143,32 @@ async fn packet_level_round_trip() {
 async fn protocol_errors_close_the_connection() {
     let broker = TestBroker::start(CONFIG).await;
     // Not starting with CONNECT.
-    let mut client = RawClient::connect(&broker).await;
+    let mut client = RawClient::connect(broker.addr("mqtt")).await;
     client.send(&[0xc0, 0]).await;
     assert!(client.closed().await.is_empty());
     // PUBLISH with QoS 3.
-    let mut client = RawClient::handshake(&broker, "raw-2").await;
+    let mut client = RawClient::handshake(broker.addr("mqtt"), "raw-2").await;
     let mut bad = publish("t", b"x");
     bad[0] = 0x36;
     client.send(&bad).await;
     assert!(client.closed().await.is_empty());
     // Wildcard in a PUBLISH topic.
-    let mut client = RawClient::handshake(&broker, "raw-3").await;
+    let mut client = RawClient::handshake(broker.addr("mqtt"), "raw-3").await;
     client.send(&publish("t/#", b"x")).await;
     assert!(client.closed().await.is_empty());
     // Unsupported protocol level: CONNACK 1, then close.
-    let mut client = RawClient::connect(&broker).await;
+    let mut client = RawClient::connect(broker.addr("mqtt")).await;
     let mut v5 = connect("raw-4", 60, true, None);
     v5[8] = 9;
     client.send(&v5).await;
     assert_eq!(client.closed().await, [0x20, 2, 0, 1]);
     // A packet announcing more than max_frame_bytes is refused from its header.
-    let mut client = RawClient::handshake(&broker, "raw-5").await;
+    let mut client = RawClient::handshake(broker.addr("mqtt"), "raw-5").await;
     client.send(&[0x30, 0xff, 0xff, 0xff, 0x7f]).await;
     assert!(client.closed().await.is_empty());
     assert_eq!(broker.counter("mqtt", "framing_errors"), 1);
     // Empty client id without clean session: identifier rejected.
-    let mut client = RawClient::connect(&broker).await;
+    let mut client = RawClient::connect(broker.addr("mqtt")).await;
     client.send(&connect("", 60, false, None)).await;
     assert_eq!(client.closed().await, [0x20, 2, 0, 2]);
     broker.shutdown().await;
@@ -258,19 +177,19 @@ async fn protocol_errors_close_the_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn will_is_published_on_abnormal_close_only() {
     let broker = TestBroker::start(CONFIG).await;
-    let mut watcher = RawClient::handshake(&broker, "watcher").await;
+    let mut watcher = RawClient::handshake(broker.addr("mqtt"), "watcher").await;
     watcher.send(&subscribe(1, "status/#", 0)).await;
     assert_eq!(watcher.read(5).await, [0x90, 3, 0, 1, 0]);
 
     // Clean DISCONNECT: the will is discarded.
-    let mut polite = RawClient::connect(&broker).await;
+    let mut polite = RawClient::connect(broker.addr("mqtt")).await;
     polite.send(&connect("polite", 60, true, Some(("status/polite", "gone")))).await;
     assert_eq!(polite.read(4).await, [0x20, 2, 0, 0]);
     polite.send(&[0xe0, 0]).await;
     polite.closed().await;
 
     // Dropped socket: the will goes out.
-    let mut rude = RawClient::connect(&broker).await;
+    let mut rude = RawClient::connect(broker.addr("mqtt")).await;
     rude.send(&connect("rude", 60, true, Some(("status/rude", "lost")))).await;
     assert_eq!(rude.read(4).await, [0x20, 2, 0, 0]);
     drop(rude);
@@ -283,8 +202,8 @@ async fn will_is_published_on_abnormal_close_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_client_id_takes_the_session_over() {
     let broker = TestBroker::start(CONFIG).await;
-    let mut first = RawClient::handshake(&broker, "device-7").await;
-    let mut second = RawClient::handshake(&broker, "device-7").await;
+    let mut first = RawClient::handshake(broker.addr("mqtt"), "device-7").await;
+    let mut second = RawClient::handshake(broker.addr("mqtt"), "device-7").await;
     assert!(first.closed().await.is_empty(), "the older connection is closed");
     second.send(&[0xc0, 0]).await;
     assert_eq!(second.read(2).await, [0xd0, 0], "the newer one carries on");
@@ -294,7 +213,7 @@ async fn same_client_id_takes_the_session_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_is_enforced_at_one_and_a_half_periods() {
     let broker = TestBroker::start(CONFIG).await;
-    let mut client = RawClient::connect(&broker).await;
+    let mut client = RawClient::connect(broker.addr("mqtt")).await;
     client.send(&connect("sleepy", 1, true, None)).await;
     assert_eq!(client.read(4).await, [0x20, 2, 0, 0]);
     let started = tokio::time::Instant::now();

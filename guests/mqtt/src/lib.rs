@@ -5,6 +5,9 @@
 //! 1 and 2 from the client, QoS 0 and 1 towards it, PINGREQ/PINGRESP,
 //! DISCONNECT, wills, keep-alive and `$share/GROUP/filter` subscriptions.
 //! Every malformed packet closes the connection (3.1.1 has no error packet).
+//! A CONNECT with clean session 0 attaches a persistent host session: its
+//! subscriptions and unacknowledged QoS 1 messages survive disconnects and
+//! broker restarts, and are re-sent (with DUP) when the client returns.
 //!
 //! MQTT topics are already canonical (`/` levels, `+` and `#`), so they pass
 //! to the host unchanged.
@@ -219,6 +222,15 @@ fn on_connect(session: &mut Session, flags: u8, body: &[u8], out: &mut Vec<u8>) 
             return Ok(());
         }
     };
+    // A resumed session keeps its subscriptions; learn them so UNSUBSCRIBE
+    // and re-SUBSCRIBE by filter work.
+    for subscription in attached.subscriptions {
+        let filter = match &subscription.options.group {
+            Some(group) => format!("$share/{group}/{}", subscription.filter),
+            None => subscription.filter,
+        };
+        session.subscriptions.insert(filter, subscription.id);
+    }
     if let Some(will) = &connect.will {
         let mut message = message(will.topic, will.payload);
         message.retain = will.retain;

@@ -22,9 +22,12 @@ use crate::mailbox::{Inbox, Kick, Mailbox, Routed};
 use crate::metrics::ProtocolMetrics;
 use crate::net::framing::{Framing, FramingError};
 use crate::net::probe;
-use crate::wasm::bindings::types::{CloseReason, ConnectionInfo, Delivery, NextFrame, Qos, Transport};
+use crate::sessions::unix_now;
+use crate::store::StoredMessage;
+use crate::wasm::bindings::types::{
+    CloseReason, ConnectionInfo, Delivery, Message, NextFrame, Qos, Transport,
+};
 use crate::wasm::guest::{Fault, Guest};
-use crate::wasm::host::session_kv_prefix;
 use crate::wasm::protocol::Protocol;
 use crate::wasm::state::ConnLink;
 
@@ -134,11 +137,13 @@ pub async fn serve(listener: Arc<ListenerInfo>, mut stream: TcpStream, peer: Soc
         idle: None,
         last_read: Instant::now(),
         timer_at: None,
-        next_delivery_id: 1,
+        // Session delivery ids are queue positions; keep ours apart from them.
+        next_delivery_id: 1 << 63,
         shutdown: listener.shutdown.clone(),
+        core: listener.core.clone(),
     };
     let end = connection.run(&info).await;
-    connection.finish(end, &listener.core).await;
+    connection.finish(end).await;
     metrics.connections_active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
@@ -159,6 +164,7 @@ struct Connection {
     timer_at: Option<Instant>,
     next_delivery_id: u64,
     shutdown: CancellationToken,
+    core: Arc<BrokerCore>,
 }
 
 /// What woke the connection up.
@@ -325,20 +331,24 @@ impl Connection {
         }
         let mut deliveries = Vec::with_capacity(batch.len());
         for routed in batch.drain(..) {
-            let id = (routed.qos != Qos::AtMostOnce).then(|| {
-                let id = self.next_delivery_id;
-                self.next_delivery_id += 1;
-                self.guest.state_mut().unacked.insert(id);
-                id
-            });
-            let mut message = Arc::unwrap_or_clone(routed.message);
+            let id = match routed.delivery_id {
+                Some(id) => Some(id),
+                None if routed.qos != Qos::AtMostOnce => {
+                    let id = self.next_delivery_id;
+                    self.next_delivery_id += 1;
+                    self.guest.state_mut().unacked.insert(id);
+                    Some(id)
+                }
+                None => None,
+            };
+            let mut message = Arc::unwrap_or_clone(routed.message).message;
             message.qos = routed.qos;
             deliveries.push(Delivery {
                 subscription: routed.subscription,
                 id,
                 message,
-                from_retained: false,
-                redelivered: false,
+                from_retained: routed.from_retained,
+                redelivered: routed.redelivered,
             });
         }
         let metrics = &self.protocol.env.metrics;
@@ -354,11 +364,23 @@ impl Connection {
         }
         let state = self.guest.state_mut();
         let timers = std::mem::take(&mut state.timers);
+        let ticket = state.ticket.take();
         if let Some(idle) = timers.idle {
             self.idle = idle;
         }
         if let Some(timer) = timers.timer {
             self.timer_at = timer.map(|after| Instant::now() + after);
+        }
+        if let Some(ticket) = ticket {
+            // Acknowledgements in the output promise durability: wait for it.
+            let stored = tokio::select! {
+                stored = self.core.store.wait(ticket) => stored,
+                _ = self.shutdown.cancelled() => return Err(End::Shutdown),
+            };
+            if let Err(e) = stored {
+                tracing::error!(peer = %self.peer, "closing: {e}");
+                return Err(End::Shutdown);
+            }
         }
         self.flush().await?;
         match self.guest.state_mut().close.take() {
@@ -405,7 +427,8 @@ impl Connection {
 
     /// Tell the guest, write its goodbye, close the socket, and release
     /// everything the connection held.
-    async fn finish(&mut self, end: End, core: &Arc<BrokerCore>) {
+    async fn finish(&mut self, end: End) {
+        let core = self.core.clone();
         let env = self.protocol.env.clone();
         let connection = self.mailbox.connection;
         if !self.guest.is_poisoned() {
@@ -422,16 +445,14 @@ impl Connection {
         let _ = self.stream.shutdown().await;
 
         let state = self.guest.state_mut();
-        for (_, key) in state.subscriptions.drain() {
-            core.router.unsubscribe(key);
+        for (_, owned) in state.subscriptions.drain() {
+            core.router.unsubscribe(owned.key);
         }
-        if let Some(client_id) = state.session.take()
-            && core.sessions.release(&env.name, &client_id, connection)
-        {
-            env.kv.delete_prefix(&session_kv_prefix(&client_id));
+        if let Some(session) = state.session.take() {
+            core.sessions.release(&core.router, &session, connection);
         }
         if let Some(will) = state.will.take() {
-            publish_will(core, will.message, will.delay_secs, connection, &env.name);
+            publish_will(&core, will.message, will.delay_secs, connection, &env.name);
         }
         let dropped = self.mailbox.dropped();
         if dropped > 0 {
@@ -449,23 +470,23 @@ impl Connection {
 }
 
 /// Publish a will now or after its delay.
-fn publish_will(
-    core: &Arc<BrokerCore>,
-    message: crate::wasm::bindings::types::Message,
-    delay_secs: u32,
-    connection: u64,
-    protocol: &str,
-) {
+fn publish_will(core: &Arc<BrokerCore>, message: Message, delay_secs: u32, connection: u64, protocol: &str) {
     tracing::debug!(protocol, conn = connection, topic = %message.topic, delay_secs, "publishing will");
-    let message = Arc::new(message);
+    let publish = move |core: &BrokerCore| {
+        let stored = Arc::new(StoredMessage { message, published_at: unix_now() });
+        if stored.message.retain {
+            core.store.submit(vec![core.retained.update(&stored)]);
+        }
+        core.router.publish(stored, connection);
+    };
     if delay_secs == 0 {
-        core.router.publish(message, connection);
+        publish(core);
         return;
     }
     let core = core.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(delay_secs.into())).await;
-        core.router.publish(message, connection);
+        publish(&core);
     });
 }
 

@@ -10,6 +10,8 @@ wasmtime::component::bindgen!({
     world: "protocol",
     imports: { default: trappable },
     exports: { default: async },
+    // Messages, sessions and options are stored with serde (see `store`).
+    additional_derives: [serde::Serialize, serde::Deserialize],
 });
 
 pub use self::sandport::protocol::types;

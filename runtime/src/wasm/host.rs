@@ -10,14 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::metrics::ProtocolMetrics;
-use crate::router::Subscription;
+use crate::router::{Subscription, Target, min_qos};
+use crate::sessions::unix_now;
+use crate::store::StoredMessage;
 use crate::topic;
 use crate::wasm::bindings::sandport::protocol::{host, types};
 use crate::wasm::bindings::types::{
     Credentials, ErrorCode, FilterKind, HostError, KvScope, LogLevel, Message, Principal, PublishOutcome,
-    SessionInfo, SessionOptions, SubscribeOptions, Will,
+    Qos, RetainedHandling, SessionInfo, SessionOptions, SubscribeOptions, Will,
 };
-use crate::wasm::state::{GuestState, Violation};
+use crate::wasm::state::{GuestState, OwnedSubscription, Violation};
 
 /// Most subscriptions one connection may hold.
 pub const MAX_SUBSCRIPTIONS: usize = 10_000;
@@ -95,7 +97,7 @@ impl GuestState {
         match scope {
             KvScope::Protocol => Ok(format!("p\0{key}")),
             KvScope::Session => match &self.session {
-                Some(client_id) => Ok(format!("{}{key}", session_kv_prefix(client_id))),
+                Some(session) => Ok(format!("{}{key}", session_kv_prefix(&session.client_id))),
                 None => Err(HostError { code: ErrorCode::Invalid, message: "no session attached".into() }),
             },
         }
@@ -137,7 +139,16 @@ impl host::Host for GuestState {
             return Ok(Err(refusal));
         }
         ProtocolMetrics::bump(&self.env.metrics.publishes);
-        let receivers = broker.router.publish(Arc::new(message), connection);
+        let durable = message.retain || message.qos != Qos::AtMostOnce;
+        let stored = Arc::new(StoredMessage { message, published_at: unix_now() });
+        if stored.message.retain {
+            broker.store.submit(vec![broker.retained.update(&stored)]);
+        }
+        let receivers = broker.router.publish(stored, connection);
+        if durable {
+            // The guest's acknowledgement goes out only once this is on disk.
+            self.ticket = Some(broker.store.barrier());
+        }
         Ok(Ok(PublishOutcome { receivers }))
     }
 
@@ -160,24 +171,67 @@ impl host::Host for GuestState {
         if self.subscriptions.len() >= MAX_SUBSCRIPTIONS {
             return refuse(ErrorCode::QuotaExceeded, format!("more than {MAX_SUBSCRIPTIONS} subscriptions"));
         }
-        let id = self.next_subscription;
-        self.next_subscription = self.next_subscription.checked_add(1).unwrap_or(1);
+        let is_new = match &self.session {
+            Some(session) => !session.has_filter(&filter, &options),
+            None => !self
+                .subscriptions
+                .values()
+                .any(|s| s.filter == filter && s.kind == options.kind && s.group == options.group),
+        };
+        let (id, target) = match &self.session {
+            Some(session) => (session.next_subscription_id(), Target::Session(session.clone())),
+            None => {
+                let id = self.next_subscription;
+                self.next_subscription = self.next_subscription.checked_add(1).unwrap_or(1);
+                (id, Target::Connection(mailbox.clone()))
+            }
+        };
         let key = broker.router.subscribe(Subscription {
-            mailbox,
+            target,
             id,
-            filter,
+            filter: filter.clone(),
             kind: options.kind,
             max_qos: options.max_qos,
-            group: options.group,
+            group: options.group.clone(),
             no_local: options.no_local,
         });
-        self.subscriptions.insert(id, key);
+        // Shared subscriptions get no retained messages (MQTT 5 4.8.2).
+        let send_retained = options.group.is_none()
+            && match options.retained {
+                RetainedHandling::Send => true,
+                RetainedHandling::SendIfNew => is_new,
+                RetainedHandling::Skip => false,
+            };
+        let retained = if send_retained {
+            broker.retained.matching(&filter, options.kind, unix_now())
+        } else {
+            Vec::new()
+        };
+        let max_qos = options.max_qos;
+        let target = match &self.session {
+            Some(session) => {
+                session.add_subscription(id, filter, options, key);
+                Target::Session(session.clone())
+            }
+            None => {
+                let owned = OwnedSubscription { key, filter, kind: options.kind, group: options.group };
+                self.subscriptions.insert(id, owned);
+                Target::Connection(mailbox)
+            }
+        };
+        for message in &retained {
+            target.deliver(id, message, min_qos(message.message.qos, max_qos), true);
+        }
         Ok(Ok(id))
     }
 
     fn unsubscribe(&mut self, subscription: u32) -> wasmtime::Result<Result<(), HostError>> {
         let broker = self.link()?.broker.clone();
-        match self.subscriptions.remove(&subscription) {
+        let key = match self.subscriptions.remove(&subscription) {
+            Some(owned) => Some(owned.key),
+            None => self.session.as_ref().and_then(|s| s.remove_subscription(subscription)),
+        };
+        match key {
             Some(key) => {
                 broker.router.unsubscribe(key);
                 Ok(Ok(()))
@@ -188,7 +242,8 @@ impl host::Host for GuestState {
 
     fn ack(&mut self, delivery: u64) -> wasmtime::Result<Result<(), HostError>> {
         self.link()?;
-        if self.unacked.remove(&delivery) {
+        let acked = self.unacked.remove(&delivery) || self.session.as_ref().is_some_and(|s| s.ack(delivery));
+        if acked {
             Ok(Ok(()))
         } else {
             refuse(ErrorCode::Invalid, format!("no unacknowledged delivery {delivery}"))
@@ -211,7 +266,7 @@ impl host::Host for GuestState {
     fn attach_session(
         &mut self,
         client_id: String,
-        _options: SessionOptions,
+        options: SessionOptions,
     ) -> wasmtime::Result<Result<SessionInfo, HostError>> {
         let link = self.link()?;
         let (broker, mailbox) = (link.broker.clone(), link.mailbox.clone());
@@ -222,9 +277,22 @@ impl host::Host for GuestState {
         if self.session.is_some() {
             return refuse(ErrorCode::Invalid, "a session is already attached");
         }
-        let attached = broker.sessions.attach(&self.env.name, &client_id, &mailbox);
-        self.session = Some(attached.client_id.clone());
-        Ok(Ok(SessionInfo { client_id: attached.client_id, present: attached.present }))
+        let attached = broker.sessions.attach(
+            &broker.router,
+            &self.env.name,
+            &client_id,
+            options.clean,
+            options.expiry_secs,
+            options.max_inflight,
+            &mailbox,
+        );
+        let info = SessionInfo {
+            client_id: attached.session.client_id.clone(),
+            present: attached.present,
+            subscriptions: attached.subscriptions,
+        };
+        self.session = Some(attached.session);
+        Ok(Ok(info))
     }
 
     fn set_will(&mut self, will: Option<Will>) -> wasmtime::Result<Result<(), HostError>> {

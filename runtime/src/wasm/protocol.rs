@@ -35,7 +35,7 @@ pub struct ProtocolEnv {
     /// What its guests may do.
     pub grants: Grants,
     /// Its key-value store.
-    pub kv: Kv,
+    pub kv: Arc<Kv>,
     /// Its counters.
     pub metrics: ProtocolMetrics,
     /// Log bytes a guest may print per connection.

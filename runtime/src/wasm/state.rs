@@ -12,7 +12,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::broker::BrokerCore;
 use crate::mailbox::Mailbox;
 use crate::router::SubscriptionKey;
-use crate::wasm::bindings::types::Will;
+use crate::sessions::Session;
+use crate::store::Ticket;
+use crate::wasm::bindings::types::{FilterKind, Will};
 use crate::wasm::engine::MAX_TABLE_ELEMENTS;
 use crate::wasm::protocol::ProtocolEnv;
 use crate::wasm::stdio::GuestOutput;
@@ -36,6 +38,14 @@ impl ConnLink {
     pub fn id(&self) -> u64 {
         self.mailbox.connection
     }
+}
+
+/// A subscription made without a session; it ends with the connection.
+pub struct OwnedSubscription {
+    pub key: SubscriptionKey,
+    pub filter: String,
+    pub kind: FilterKind,
+    pub group: Option<String>,
 }
 
 /// Changes to connection timers asked for during a call, applied by the
@@ -98,16 +108,18 @@ pub struct GuestState {
     pub ticks_left: u32,
     /// Memory limits.
     pub limiter: GuestLimiter,
-    /// Subscriptions of this connection: guest id -> router key.
-    pub subscriptions: HashMap<u32, SubscriptionKey>,
+    /// Subscriptions owned by this connection (not by a session), by id.
+    pub subscriptions: HashMap<u32, OwnedSubscription>,
     /// Next subscription id to hand out.
     pub next_subscription: u32,
     /// At-least-once deliveries handed to the guest and not yet acked.
     pub unacked: HashSet<u64>,
     /// The will to publish if the connection ends with it still set.
     pub will: Option<Will>,
-    /// Client id of the attached session.
-    pub session: Option<String>,
+    /// The attached session.
+    pub session: Option<Arc<Session>>,
+    /// Store ticket the guest's output must wait for (set by durable publishes).
+    pub ticket: Option<Ticket>,
     /// Who `authenticate` said the client is.
     pub principal: Option<String>,
     wasi: WasiCtx,
@@ -138,6 +150,7 @@ impl GuestState {
             unacked: HashSet::new(),
             will: None,
             session: None,
+            ticket: None,
             principal: None,
             wasi,
             table: ResourceTable::new(),

@@ -1,0 +1,69 @@
+//! What the store keeps, in the shape it is serialised (postcard).
+
+use serde::{Deserialize, Serialize};
+
+use crate::wasm::bindings::types::{Message, SubscribeOptions};
+
+/// A message with the time it was published (for expiry).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredMessage {
+    pub message: Message,
+    /// Seconds since the Unix epoch.
+    pub published_at: u64,
+}
+
+impl StoredMessage {
+    /// Whether the message's expiry has passed at `now` (Unix seconds).
+    pub fn expired(&self, now: u64) -> bool {
+        self.message.expiry_secs.is_some_and(|secs| now >= self.published_at + u64::from(secs))
+    }
+}
+
+/// A durable session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// Seconds the session outlives its connection; `None` = never expires.
+    pub expiry_secs: Option<u32>,
+    /// When its last connection ended (Unix seconds), if it is offline.
+    pub disconnected_at: Option<u64>,
+    /// Its subscriptions: id, filter, options.
+    pub subscriptions: Vec<(u32, String, SubscribeOptions)>,
+    /// Next subscription id to hand out.
+    pub next_subscription: u32,
+}
+
+/// An at-least-once delivery waiting for its session's acknowledgement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueuedRecord {
+    /// Subscription of the session it matched.
+    pub subscription: u32,
+    /// The message, with its QoS already capped.
+    pub message: StoredMessage,
+    /// Delivered because of a new subscription, from the retained store.
+    pub from_retained: bool,
+}
+
+/// A stored session: its key, record, and queued deliveries in order.
+pub type StoredSession = (String, SessionRecord, Vec<(u64, QueuedRecord)>);
+
+/// Everything the store held at start-up.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Retained messages by topic.
+    pub retained: Vec<(String, StoredMessage)>,
+    /// Sessions by key, with their queued deliveries in order.
+    pub sessions: Vec<StoredSession>,
+    /// Key-value entries: protocol, key, value.
+    pub kv: Vec<(String, String, Vec<u8>)>,
+}
+
+/// Encode a record.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising plain data into a Vec cannot fail.
+    postcard::to_allocvec(value).unwrap_or_default()
+}
+
+/// Decode a record; an error means the file is corrupt.
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
