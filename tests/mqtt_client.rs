@@ -98,6 +98,14 @@ impl RawClient {
         RawClient { stream: TcpStream::connect(addr).await.expect("connect") }
     }
 
+    /// Open a TCP connection whose receive buffer is tiny, so a client that
+    /// does not read pushes back on the broker quickly.
+    pub async fn connect_small_buffer(addr: SocketAddr) -> RawClient {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        RawClient { stream: socket.connect(addr).await.expect("connect") }
+    }
+
     /// Connect and complete CONNECT/CONNACK; returns the client and the session-present flag.
     pub async fn session(addr: SocketAddr, client_id: &str, clean: bool) -> (RawClient, bool) {
         let mut client = RawClient::connect(addr).await;

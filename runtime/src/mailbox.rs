@@ -100,7 +100,12 @@ impl Mailbox {
         let queued = self.queued_bytes.fetch_add(charge, Ordering::AcqRel);
         if queued + charge > self.limit {
             self.queued_bytes.fetch_sub(charge, Ordering::AcqRel);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::info!(
+                    conn = self.connection,
+                    "outbound buffer full: dropping at-most-once deliveries"
+                );
+            }
             if routed.qos != Qos::AtMostOnce {
                 self.kick(Kick::SlowConsumer);
             }
@@ -146,12 +151,26 @@ impl Mailbox {
 }
 
 impl Inbox {
-    /// Take up to `max` deliveries, waiting for at least one.
-    /// Returns 0 only when every sender is gone.
-    pub async fn recv_batch(&mut self, into: &mut Vec<Routed>, max: usize) -> usize {
-        let n = self.rx.recv_many(into, max).await;
-        let released: usize = into[into.len() - n..].iter().map(Routed::charge).sum();
-        self.mailbox.queued_bytes.fetch_sub(released, Ordering::AcqRel);
+    /// Take deliveries, waiting for at least one: at most `max` of them and,
+    /// after the first, at most `max_bytes` of charge, so the guest's encoded
+    /// output for one batch stays within the outbound buffer. Returns how
+    /// many were taken; 0 only when every sender is gone.
+    pub async fn recv_batch(&mut self, into: &mut Vec<Routed>, max: usize, max_bytes: usize) -> usize {
+        let Some(first) = self.rx.recv().await else { return 0 };
+        let mut taken = first.charge();
+        into.push(first);
+        let mut n = 1;
+        while n < max && taken < max_bytes {
+            match self.rx.try_recv() {
+                Ok(routed) => {
+                    taken += routed.charge();
+                    into.push(routed);
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        self.mailbox.queued_bytes.fetch_sub(taken, Ordering::AcqRel);
         n
     }
 }

@@ -29,6 +29,7 @@ counters! {
     frames_in: "Frames passed to the guest.",
     deliveries_out: "Deliveries passed to the guest.",
     deliveries_dropped: "Deliveries dropped because a client's buffer was full.",
+    slow_consumers: "Connections closed because the client did not keep up with at-least-once deliveries.",
     publishes: "Messages the guest published.",
     faults_deadline: "Guest calls stopped at the deadline.",
     faults_memory: "Guests that ran out of memory.",

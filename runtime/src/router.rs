@@ -335,8 +335,11 @@ mod tests {
 
     async fn drain(inbox: &mut Inbox) -> Vec<u32> {
         let mut batch = Vec::new();
-        while let Ok(n) =
-            tokio::time::timeout(std::time::Duration::from_millis(5), inbox.recv_batch(&mut batch, 100)).await
+        while let Ok(n) = tokio::time::timeout(
+            std::time::Duration::from_millis(5),
+            inbox.recv_batch(&mut batch, 100, usize::MAX),
+        )
+        .await
         {
             if n == 0 {
                 break;

@@ -542,3 +542,71 @@ impl Sessions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wasm::bindings::types::Message;
+
+    fn registry() -> Sessions {
+        let queue = QueueSettings { max: 2, policy: QueueFullPolicy::DropOldest };
+        Sessions::new("sp", Arc::new(Store::memory().0), queue)
+    }
+
+    fn message(payload: &str) -> Arc<StoredMessage> {
+        Arc::new(StoredMessage {
+            published_at: unix_now(),
+            message: Message {
+                topic: "t".into(),
+                payload: payload.into(),
+                headers: vec![],
+                reply_to: None,
+                correlation: None,
+                content_type: None,
+                utf8_payload: false,
+                expiry_secs: None,
+                retain: false,
+                qos: Qos::AtLeastOnce,
+            },
+        })
+    }
+
+    #[test]
+    fn offline_sessions_expire_after_their_expiry() {
+        let (router, sessions) = (Router::default(), registry());
+        let protocol: Arc<str> = "mqtt".into();
+        let (mailbox, _inbox) = Mailbox::new(1, 1 << 20);
+        let short = sessions.attach(&router, &protocol, "short", false, Some(10), 10, &mailbox).session;
+        let forever = sessions.attach(&router, &protocol, "forever", false, None, 10, &mailbox).session;
+        let gone = sessions.attach(&router, &protocol, "gone", false, Some(0), 10, &mailbox).session;
+        sessions.release(&router, &short, 1);
+        sessions.release(&router, &forever, 1);
+        sessions.release(&router, &gone, 1);
+        assert_eq!(sessions.len(), 2, "an expiry of zero ends with the connection");
+        assert_eq!(sessions.sweep(&router, unix_now() + 5), 0);
+        assert_eq!(sessions.sweep(&router, unix_now() + 11), 1);
+        assert!(sessions.get("mqtt", "forever").is_some());
+    }
+
+    #[tokio::test]
+    async fn in_flight_window_and_queue_cap() {
+        let (router, sessions) = (Router::default(), registry());
+        let (mailbox, mut inbox) = Mailbox::new(1, 1 << 20);
+        let session = sessions.attach(&router, &"mqtt".into(), "c", false, None, 1, &mailbox).session;
+        session.offer(1, &message("a"), Qos::AtLeastOnce, false);
+        session.offer(1, &message("b"), Qos::AtLeastOnce, false);
+        session.offer(1, &message("c"), Qos::AtLeastOnce, false);
+        assert_eq!(session.queued(), 2, "the oldest was dropped at the cap");
+        assert_eq!(session.dropped(), 1);
+        let mut batch = Vec::new();
+        inbox.recv_batch(&mut batch, 10, usize::MAX).await;
+        // 'a' went out first; dropping it at the cap freed the window for 'b'.
+        let payloads: Vec<&[u8]> = batch.iter().map(|r| r.message.message.payload.as_slice()).collect();
+        assert_eq!(payloads, vec![&b"a"[..], &b"b"[..]]);
+        assert!(!session.ack(batch[0].delivery_id.unwrap()), "'a' is no longer pending");
+        assert!(session.ack(batch[1].delivery_id.unwrap()));
+        batch.clear();
+        inbox.recv_batch(&mut batch, 10, usize::MAX).await;
+        assert_eq!(batch[0].message.message.payload, b"c");
+    }
+}

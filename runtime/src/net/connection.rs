@@ -139,6 +139,7 @@ pub async fn serve(listener: Arc<ListenerInfo>, mut stream: TcpStream, peer: Soc
         timer_at: None,
         // Session delivery ids are queue positions; keep ours apart from them.
         next_delivery_id: 1 << 63,
+        batch_bytes: protocol.env.limits.outbound_buffer_bytes / 2,
         shutdown: listener.shutdown.clone(),
         core: listener.core.clone(),
     };
@@ -163,6 +164,8 @@ struct Connection {
     last_read: Instant,
     timer_at: Option<Instant>,
     next_delivery_id: u64,
+    /// Most delivery bytes per `on-deliver` call (half the outbound buffer).
+    batch_bytes: usize,
     shutdown: CancellationToken,
     core: Arc<BrokerCore>,
 }
@@ -190,7 +193,7 @@ impl Connection {
                 _ = self.shutdown.cancelled() => Wake::Shutdown,
                 kick = self.mailbox.kicked() => Wake::Kicked(kick),
                 read = self.stream.read_buf(&mut self.inbuf) => Wake::Read(read),
-                _ = self.inbox.recv_batch(&mut batch, MAX_DELIVERY_BATCH) => Wake::Deliveries,
+                _ = self.inbox.recv_batch(&mut batch, MAX_DELIVERY_BATCH, self.batch_bytes) => Wake::Deliveries,
                 _ = sleep_until(deadline) => Wake::Deadline,
             };
             let step = match wake {
@@ -453,6 +456,10 @@ impl Connection {
         }
         if let Some(will) = state.will.take() {
             publish_will(&core, will.message, will.delay_secs, connection, &env.name);
+        }
+        if matches!(end, End::Kicked(Kick::SlowConsumer)) {
+            ProtocolMetrics::bump(&env.metrics.slow_consumers);
+            tracing::info!(protocol = %env.name, peer = %self.peer, conn = connection, "closed a slow consumer");
         }
         let dropped = self.mailbox.dropped();
         if dropped > 0 {

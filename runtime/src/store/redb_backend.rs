@@ -150,3 +150,99 @@ impl Backend for RedbBackend {
             .map_err(|e| StoreError::Write(format!("{}: {e}", self.path.display())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::wasm::bindings::types::{FilterKind, Message, Qos, RetainedHandling, SubscribeOptions};
+
+    fn message(topic: &str) -> StoredMessage {
+        StoredMessage {
+            published_at: 7,
+            message: Message {
+                topic: topic.into(),
+                payload: b"p".to_vec(),
+                headers: vec![("k".into(), "v".into())],
+                reply_to: None,
+                correlation: Some(vec![1, 2]),
+                content_type: None,
+                utf8_payload: true,
+                expiry_secs: Some(60),
+                retain: true,
+                qos: Qos::AtLeastOnce,
+            },
+        }
+    }
+
+    fn settings() -> WriterSettings {
+        WriterSettings { fsync: true, commit_delay: Duration::ZERO }
+    }
+
+    #[test]
+    fn everything_written_is_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let (mut backend, snapshot) = RedbBackend::open(&path, settings()).unwrap();
+        assert!(snapshot.retained.is_empty() && snapshot.sessions.is_empty() && snapshot.kv.is_empty());
+        let options = SubscribeOptions {
+            kind: FilterKind::Wildcard,
+            max_qos: Qos::AtLeastOnce,
+            group: None,
+            no_local: false,
+            retained: RetainedHandling::Send,
+        };
+        let record = SessionRecord {
+            expiry_secs: None,
+            disconnected_at: Some(5),
+            subscriptions: vec![(1, "a/#".into(), options)],
+            next_subscription: 2,
+        };
+        let queued = |seq| Op::Enqueue {
+            key: "mqtt\0c".into(),
+            seq,
+            record: QueuedRecord { subscription: 1, message: message("a/b"), from_retained: false },
+        };
+        backend
+            .commit(&[
+                Op::PutRetained { topic: "a/b".into(), message: Arc::new(message("a/b")) },
+                Op::PutRetained { topic: "a/c".into(), message: Arc::new(message("a/c")) },
+                Op::DeleteRetained { topic: "a/c".into() },
+                Op::PutSession { key: "mqtt\0c".into(), record },
+                queued(1),
+                queued(2),
+                queued(3),
+                Op::Dequeue { key: "mqtt\0c".into(), seq: 2 },
+                Op::PutKv { protocol: "mqtt".into(), key: "k".into(), value: b"v".to_vec() },
+            ])
+            .unwrap();
+        drop(backend);
+
+        let (mut backend, snapshot) = RedbBackend::open(&path, settings()).unwrap();
+        assert_eq!(snapshot.retained.len(), 1);
+        assert_eq!(snapshot.retained[0].1.message.headers, vec![("k".to_string(), "v".to_string())]);
+        let (key, record, queue) = &snapshot.sessions[0];
+        assert_eq!((key.as_str(), record.next_subscription), ("mqtt\0c", 2));
+        assert_eq!(queue.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(snapshot.kv, vec![("mqtt".to_string(), "k".to_string(), b"v".to_vec())]);
+
+        backend.commit(&[Op::DeleteSession { key: "mqtt\0c".into() }]).unwrap();
+        drop(backend);
+        let (_, snapshot) = RedbBackend::open(&path, settings()).unwrap();
+        assert!(snapshot.sessions.is_empty());
+    }
+
+    #[test]
+    fn second_open_of_the_same_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let _first = RedbBackend::open(&path, settings()).unwrap();
+        match RedbBackend::open(&path, settings()) {
+            Err(StoreError::Open { message, .. }) => assert!(message.contains("in use"), "{message}"),
+            Err(other) => panic!("unexpected error: {other}"),
+            Ok(_) => panic!("a second open succeeded"),
+        }
+    }
+}
