@@ -184,9 +184,10 @@ pub struct Limits {
     pub call_deadline_ms: u64,
     /// Largest inbound frame; refused from its header, before it is buffered.
     pub max_frame_bytes: u32,
-    /// Most bytes queued towards one client (guest output plus pending
-    /// deliveries). Beyond it at-most-once deliveries are dropped, and a guest
-    /// that sends more in one call is stopped.
+    /// Most bytes of deliveries queued towards one client, and most bytes a
+    /// guest may send in one call. Beyond it at-most-once deliveries are
+    /// dropped, an at-least-once one closes a slow consumer, and a guest that
+    /// sends more is stopped.
     pub outbound_buffer_bytes: usize,
     /// Most bytes a guest may pass to the host in one call (publish payloads,
     /// topics, keys), against floods.

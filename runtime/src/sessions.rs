@@ -549,7 +549,11 @@ mod tests {
     use crate::wasm::bindings::types::Message;
 
     fn registry() -> Sessions {
-        let queue = QueueSettings { max: 2, policy: QueueFullPolicy::DropOldest };
+        registry_with(QueueFullPolicy::DropOldest)
+    }
+
+    fn registry_with(policy: QueueFullPolicy) -> Sessions {
+        let queue = QueueSettings { max: 2, policy };
         Sessions::new("sp", Arc::new(Store::memory().0), queue)
     }
 
@@ -608,5 +612,20 @@ mod tests {
         batch.clear();
         inbox.recv_batch(&mut batch, 10, usize::MAX).await;
         assert_eq!(batch[0].message.message.payload, b"c");
+    }
+
+    #[test]
+    fn refuse_policy_keeps_the_oldest() {
+        let (router, sessions) = (Router::default(), registry_with(QueueFullPolicy::Refuse));
+        let (mailbox, _inbox) = Mailbox::new(1, 1 << 20);
+        let session = sessions.attach(&router, &"mqtt".into(), "c", false, None, 10, &mailbox).session;
+        sessions.release(&router, &session, 1);
+        for payload in ["a", "b", "c"] {
+            session.offer(1, &message(payload), Qos::AtLeastOnce, false);
+        }
+        assert_eq!((session.queued(), session.dropped()), (2, 1));
+        let inner = session.inner.lock();
+        let kept: Vec<&[u8]> = inner.queue.values().map(|q| q.message.message.payload.as_slice()).collect();
+        assert_eq!(kept, vec![&b"a"[..], &b"b"[..]]);
     }
 }

@@ -135,8 +135,14 @@ async fn graceful_restart_keeps_sessions_queues_and_retained() {
     broker.terminate().await;
 
     let broker = start(&setup).await;
+    // The offline session's subscription came back too: new messages queue.
+    let mut late = RawClient::handshake(broker.addr("mqtt"), "late").await;
+    late.send(&publish_qos1("load/after", 1, b"after restart", false)).await;
+    assert_eq!(late.read(4).await, [0x40, 2, 0, 1]);
+    let mut expected = acked.clone();
+    expected.insert(b"after restart".to_vec());
     let received: BTreeSet<Vec<u8>> = drain_subscriber(&broker).await.into_iter().collect();
-    assert_eq!(received, acked);
+    assert_eq!(received, expected);
     let port = broker.addr("mqtt").port().to_string();
     let (ok, out, err) = run_tool(
         "mosquitto_sub",
