@@ -141,6 +141,7 @@ impl Broker {
                     store.clone(),
                 )),
                 metrics: ProtocolMetrics::default(),
+                connections: Default::default(),
                 guest_output_bytes: config.broker.guest_output_bytes,
             };
             let path = config.resolve(&protocol_config.component);
@@ -196,8 +197,10 @@ impl Broker {
         for task in tasks {
             tracker.spawn(task.run());
         }
-        tracker.spawn(sweep_sessions(
+        let kvs = protocols.values().map(|p| p.env.kv.clone()).collect();
+        tracker.spawn(sweep_expired(
             core.clone(),
+            kvs,
             Duration::from_millis(config.storage.expiry_sweep_ms),
             shutdown.clone(),
         ));
@@ -269,9 +272,9 @@ fn restore(core: &BrokerCore, protocols: &BTreeMap<String, Arc<Protocol>>, snaps
     let (retained, sessions) = (snapshot.retained.len(), snapshot.sessions.len());
     core.retained.restore(std::mem::take(&mut snapshot.retained));
     core.sessions.restore(&core.router, snapshot);
-    let mut by_protocol: BTreeMap<String, Vec<(String, Vec<u8>)>> = BTreeMap::new();
-    for (protocol, key, value) in std::mem::take(&mut snapshot.kv) {
-        by_protocol.entry(protocol).or_default().push((key, value));
+    let mut by_protocol: BTreeMap<String, Vec<(String, crate::kv::KvEntry)>> = BTreeMap::new();
+    for (protocol, key, entry) in std::mem::take(&mut snapshot.kv) {
+        by_protocol.entry(protocol).or_default().push((key, entry));
     }
     for (protocol, entries) in by_protocol {
         match protocols.get(&protocol) {
@@ -287,13 +290,21 @@ fn restore(core: &BrokerCore, protocols: &BTreeMap<String, Arc<Protocol>>, snaps
     }
 }
 
-/// Remove expired sessions periodically until shutdown.
-async fn sweep_sessions(core: Arc<BrokerCore>, every: Duration, shutdown: CancellationToken) {
+/// Remove expired sessions and key-value entries periodically until shutdown.
+async fn sweep_expired(
+    core: Arc<BrokerCore>,
+    kvs: Vec<Arc<Kv>>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
     let mut interval = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = interval.tick() => {
                 core.sessions.sweep(&core.router, unix_now());
+                for kv in &kvs {
+                    kv.sweep();
+                }
             }
             _ = shutdown.cancelled() => return,
         }

@@ -100,6 +100,7 @@ pub async fn describe_component(path: &Path, pin: Option<&str>) -> Result<String
         limits,
         grants: Grants::default(),
         metrics: ProtocolMetrics::default(),
+        connections: Default::default(),
         guest_output_bytes: 16 * 1024,
     };
     let protocol = Protocol::load(&engine, &linker, env, path, pin).await.map_err(|e| e.to_string())?;

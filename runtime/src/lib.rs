@@ -13,6 +13,7 @@ pub mod kv;
 pub mod mailbox;
 pub mod metrics;
 pub mod net;
+pub mod registry;
 pub mod retained;
 pub mod router;
 pub mod sessions;

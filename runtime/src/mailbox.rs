@@ -48,6 +48,8 @@ pub enum Kick {
     SessionTakenOver,
     /// The client does not read its deliveries fast enough.
     SlowConsumer,
+    /// Another connection of the protocol asked for it.
+    ClosedByRequest,
 }
 
 /// The sending side, held by the router for every subscription.

@@ -216,6 +216,27 @@ impl Router {
         }
     }
 
+    /// Distinct filters of `kind` with their number of subscriptions,
+    /// sorted, only those matching glob `pattern` if given, at most `limit`.
+    /// A scan of every subscription: for introspection, not the hot path.
+    pub fn subscription_counts(
+        &self,
+        kind: FilterKind,
+        pattern: Option<&str>,
+        limit: usize,
+    ) -> Vec<(String, u32)> {
+        let index = self.index.read();
+        let mut counts: std::collections::BTreeMap<&str, u32> = std::collections::BTreeMap::new();
+        for subscription in index.subscriptions.values() {
+            if subscription.kind == kind
+                && pattern.is_none_or(|p| topic::glob_matches(p, &subscription.filter))
+            {
+                *counts.entry(subscription.filter.as_str()).or_default() += 1;
+            }
+        }
+        counts.into_iter().take(limit).map(|(filter, n)| (filter.to_string(), n)).collect()
+    }
+
     /// Number of subscriptions.
     pub fn len(&self) -> usize {
         self.index.read().subscriptions.len()
@@ -414,5 +435,27 @@ mod tests {
             router.publish(message("t"), 9);
         }
         assert_eq!(mailbox.dropped(), 4);
+    }
+
+    #[tokio::test]
+    async fn subscription_qos_is_a_ceiling() {
+        let router = Router::default();
+        let (mailbox, mut inbox) = Mailbox::new(1, 1 << 20);
+        router.subscribe(Subscription {
+            target: Target::Connection(mailbox.clone()),
+            id: 1,
+            filter: "t".into(),
+            kind: FilterKind::Wildcard,
+            max_qos: Qos::AtMostOnce,
+            group: None,
+            no_local: false,
+        });
+        let mut stored = (*message("t")).clone();
+        stored.message.qos = Qos::ExactlyOnce;
+        router.publish(Arc::new(stored), 9);
+        let mut batch = Vec::new();
+        inbox.recv_batch(&mut batch, 10, usize::MAX).await;
+        assert_eq!(batch[0].qos, Qos::AtMostOnce);
+        assert_eq!(min_qos(Qos::AtLeastOnce, Qos::ExactlyOnce), Qos::AtLeastOnce);
     }
 }

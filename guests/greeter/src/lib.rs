@@ -7,6 +7,13 @@
 //! TIMER <ms>       -> +OK, then TICK when the timer fires
 //! SET <key> <val>  -> +OK | -ERR <reason>        (protocol-scoped key-value)
 //! GET <key>        -> <val> | (nil)
+//! SETNX <key> <val>-> 1 | 0                       (written only if absent)
+//! SETPX <key> <ms> <val> -> +OK                   (with a time to live)
+//! INCR <key>       -> <new value> | -ERR <reason>
+//! TTL <key>        -> <ms> | -1 (no expiry) | -2 (no key)
+//! COUNT <prefix>   -> <keys>          CLEAR <prefix> -> <deleted>
+//! NAME <name>      -> +OK             LIST -> <id>:<name> ...   KILL <id> -> +OK | -ERR
+//! SUBS             -> <filter>=<count> ...        (wildcard subscriptions broker-wide)
 //! ```
 //!
 //! Frames are lines, but split by `frame-lengths` rather than by the host.
@@ -15,11 +22,23 @@
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
 use sandport_guest::types::{
-    CloseReason, ConnectionInfo, Delivery, FrameScan, Framing, KvScope, NextFrame, ProbeResult, ProtocolInfo,
+    CloseReason, ConnectionInfo, Delivery, FilterKind, FrameScan, Framing, HostError, KvCondition, KvScope,
+    KvSetOptions, NextFrame, ProbeResult, ProtocolInfo,
 };
 use sandport_guest::{Handler, host};
 
 struct Greeter;
+
+fn set(condition: KvCondition, ttl_ms: Option<u64>) -> KvSetOptions {
+    KvSetOptions { condition, ttl_ms, keep_ttl: false }
+}
+
+fn reply_to(written: Result<bool, HostError>) -> String {
+    match written {
+        Ok(_) => "+OK".to_string(),
+        Err(e) => format!("-ERR {}", e.message),
+    }
+}
 
 /// Lengths of the complete lines at the start of `buffer`.
 fn scan_lines(buffer: &[u8]) -> FrameScan {
@@ -68,16 +87,77 @@ impl Handler for Greeter {
                 }
                 "SET" => {
                     let (key, value) = rest.split_once(' ').unwrap_or((rest, ""));
-                    match host::kv_set(KvScope::Protocol, key, value.as_bytes()) {
-                        Ok(()) => "+OK".to_string(),
+                    reply_to(host::kv_set(
+                        KvScope::Protocol,
+                        key,
+                        value.as_bytes(),
+                        set(KvCondition::Always, None),
+                    ))
+                }
+                "SETNX" => {
+                    let (key, value) = rest.split_once(' ').unwrap_or((rest, ""));
+                    match host::kv_set(
+                        KvScope::Protocol,
+                        key,
+                        value.as_bytes(),
+                        set(KvCondition::IfAbsent, None),
+                    ) {
+                        Ok(written) => u8::from(written).to_string(),
                         Err(e) => format!("-ERR {}", e.message),
                     }
+                }
+                "SETPX" => {
+                    let mut words = rest.splitn(3, ' ');
+                    let (key, ms, value) =
+                        (words.next().unwrap_or(""), words.next(), words.next().unwrap_or(""));
+                    let ms = ms.and_then(|m| m.parse().ok()).ok_or("SETPX needs milliseconds")?;
+                    reply_to(host::kv_set(
+                        KvScope::Protocol,
+                        key,
+                        value.as_bytes(),
+                        set(KvCondition::Always, Some(ms)),
+                    ))
                 }
                 "GET" => match host::kv_get(KvScope::Protocol, rest) {
                     Ok(Some(value)) => String::from_utf8_lossy(&value).into_owned(),
                     Ok(None) => "(nil)".to_string(),
                     Err(e) => format!("-ERR {}", e.message),
                 },
+                "INCR" => match host::kv_increment(KvScope::Protocol, rest, 1) {
+                    Ok(value) => value.to_string(),
+                    Err(e) => format!("-ERR {}", e.message),
+                },
+                "TTL" => match host::kv_ttl(KvScope::Protocol, rest) {
+                    Ok(None) => "-2".to_string(),
+                    Ok(Some(None)) => "-1".to_string(),
+                    Ok(Some(Some(ms))) => ms.to_string(),
+                    Err(e) => format!("-ERR {}", e.message),
+                },
+                "COUNT" => {
+                    host::kv_count(KvScope::Protocol, rest).map_or_else(|e| e.message, |n| n.to_string())
+                }
+                "CLEAR" => {
+                    host::kv_clear(KvScope::Protocol, rest).map_or_else(|e| e.message, |n| n.to_string())
+                }
+                "NAME" => {
+                    host::set_connection_name(Some(rest));
+                    "+OK".to_string()
+                }
+                "LIST" => host::list_connections()
+                    .iter()
+                    .map(|c| format!("{}:{}", c.id, c.name.as_deref().unwrap_or("-")))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                "KILL" => match rest.parse().map(host::close_connection) {
+                    Ok(Ok(())) => "+OK".to_string(),
+                    Ok(Err(e)) => format!("-ERR {}", e.message),
+                    Err(_) => "-ERR KILL needs a connection id".to_string(),
+                },
+                "SUBS" => host::subscription_counts(FilterKind::Wildcard, None)
+                    .iter()
+                    .map(|(filter, n)| format!("{filter}={n}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 other => return Err(format!("unknown command {other}")),
             };
             out.push_str(&reply);

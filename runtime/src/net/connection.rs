@@ -77,6 +77,7 @@ impl End {
             End::IdleTimeout => CloseReason::IdleTimeout,
             End::Kicked(Kick::SessionTakenOver) => CloseReason::SessionTakenOver,
             End::Kicked(Kick::SlowConsumer) => CloseReason::SlowConsumer,
+            End::Kicked(Kick::ClosedByRequest) => CloseReason::ClosedByRequest,
             End::Framing(why) => CloseReason::ProtocolError(why.clone()),
             End::Shutdown => CloseReason::ServerShutdown,
             End::Fault(fault) => CloseReason::ProtocolError(fault.to_string()),
@@ -119,6 +120,7 @@ pub async fn serve(listener: Arc<ListenerInfo>, mut stream: TcpStream, peer: Soc
         server_version: VERSION.into(),
         max_frame_bytes: protocol.env.limits.max_frame_bytes,
     };
+    protocol.env.connections.insert(mailbox.clone(), peer.to_string());
     ProtocolMetrics::bump(&metrics.connections_opened);
     metrics.connections_active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::debug!(protocol = %protocol.env.name, %peer, conn = id, "connection opened");
@@ -145,6 +147,7 @@ pub async fn serve(listener: Arc<ListenerInfo>, mut stream: TcpStream, peer: Soc
     };
     let end = connection.run(&info).await;
     connection.finish(end).await;
+    protocol.env.connections.remove(id);
     metrics.connections_active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
@@ -344,8 +347,14 @@ impl Connection {
                 }
                 None => None,
             };
+            let published_at = routed.message.published_at;
             let mut message = Arc::unwrap_or_clone(routed.message).message;
             message.qos = routed.qos;
+            // Forward the expiry that is left, not the one published (MQTT 5 3.3.2.3.3).
+            if let Some(secs) = &mut message.expiry_secs {
+                let waited = unix_now().saturating_sub(published_at);
+                *secs = secs.saturating_sub(u32::try_from(waited).unwrap_or(u32::MAX)).max(1);
+            }
             deliveries.push(Delivery {
                 subscription: routed.subscription,
                 id,

@@ -64,7 +64,7 @@ pub enum Op {
     PutKv {
         protocol: String,
         key: String,
-        value: Vec<u8>,
+        entry: crate::kv::KvEntry,
     },
     DeleteKv {
         protocol: String,

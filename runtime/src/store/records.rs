@@ -53,8 +53,8 @@ pub struct Snapshot {
     pub retained: Vec<(String, StoredMessage)>,
     /// Sessions by key, with their queued deliveries in order.
     pub sessions: Vec<StoredSession>,
-    /// Key-value entries: protocol, key, value.
-    pub kv: Vec<(String, String, Vec<u8>)>,
+    /// Key-value entries: protocol, key, entry.
+    pub kv: Vec<(String, String, crate::kv::KvEntry)>,
 }
 
 /// Encode a record.

@@ -91,7 +91,8 @@ impl RedbBackend {
         for entry in kv.iter().map_err(|e| self.corrupt(e))? {
             let (k, v) = entry.map_err(|e| self.corrupt(e))?;
             let (protocol, key) = k.value();
-            snapshot.kv.push((protocol.to_string(), key.to_string(), v.value().to_vec()));
+            let entry = decode(v.value()).map_err(|e| self.corrupt(e))?;
+            snapshot.kv.push((protocol.to_string(), key.to_string(), entry));
         }
         Ok(snapshot)
     }
@@ -125,8 +126,8 @@ impl RedbBackend {
                     Op::Dequeue { key, seq } => {
                         queue.remove((key.as_str(), *seq))?;
                     }
-                    Op::PutKv { protocol, key, value } => {
-                        kv.insert((protocol.as_str(), key.as_str()), value.as_slice())?;
+                    Op::PutKv { protocol, key, entry } => {
+                        kv.insert((protocol.as_str(), key.as_str()), encode(entry).as_slice())?;
                     }
                     Op::DeleteKv { protocol, key } => {
                         kv.remove((protocol.as_str(), key.as_str()))?;
@@ -200,6 +201,7 @@ mod tests {
             subscriptions: vec![(1, "a/#".into(), options)],
             next_subscription: 2,
         };
+        let entry = crate::kv::KvEntry { value: b"v".to_vec(), expires_at: Some(9) };
         let queued = |seq| Op::Enqueue {
             key: "mqtt\0c".into(),
             seq,
@@ -215,7 +217,7 @@ mod tests {
                 queued(2),
                 queued(3),
                 Op::Dequeue { key: "mqtt\0c".into(), seq: 2 },
-                Op::PutKv { protocol: "mqtt".into(), key: "k".into(), value: b"v".to_vec() },
+                Op::PutKv { protocol: "mqtt".into(), key: "k".into(), entry: entry.clone() },
             ])
             .unwrap();
         drop(backend);
@@ -226,7 +228,7 @@ mod tests {
         let (key, record, queue) = &snapshot.sessions[0];
         assert_eq!((key.as_str(), record.next_subscription), ("mqtt\0c", 2));
         assert_eq!(queue.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), vec![1, 3]);
-        assert_eq!(snapshot.kv, vec![("mqtt".to_string(), "k".to_string(), b"v".to_vec())]);
+        assert_eq!(snapshot.kv, vec![("mqtt".to_string(), "k".to_string(), entry)]);
 
         backend.commit(&[Op::DeleteSession { key: "mqtt\0c".into() }]).unwrap();
         drop(backend);

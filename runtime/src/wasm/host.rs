@@ -9,15 +9,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::kv::{Condition, KvError, Ttl};
 use crate::metrics::ProtocolMetrics;
+use crate::registry::MAX_LISTED;
 use crate::router::{Subscription, Target, min_qos};
 use crate::sessions::unix_now;
 use crate::store::StoredMessage;
 use crate::topic;
 use crate::wasm::bindings::sandport::protocol::{host, types};
 use crate::wasm::bindings::types::{
-    Credentials, ErrorCode, FilterKind, HostError, KvScope, LogLevel, Message, Principal, PublishOutcome,
-    Qos, RetainedHandling, SessionInfo, SessionOptions, SubscribeOptions, Will,
+    ConnectionSummary, Credentials, ErrorCode, FilterKind, HostError, KvCondition, KvScope, KvSetOptions,
+    LogLevel, Message, Principal, PublishOutcome, Qos, RetainedHandling, SessionInfo, SessionOptions,
+    SubscribeOptions, Will,
 };
 use crate::wasm::state::{GuestState, OwnedSubscription, Violation};
 
@@ -32,6 +35,14 @@ const MAX_LOG_BYTES: usize = 1024;
 
 /// Most headers on one message.
 const MAX_HEADERS: usize = 1024;
+
+fn kv_refusal(error: KvError) -> HostError {
+    let code = match error {
+        KvError::Quota(_) => ErrorCode::QuotaExceeded,
+        KvError::NotAnInteger | KvError::Overflow => ErrorCode::Invalid,
+    };
+    HostError { code, message: error.to_string() }
+}
 
 fn refuse<T>(code: ErrorCode, message: impl Into<String>) -> wasmtime::Result<Result<T, HostError>> {
     Ok(Err(HostError { code, message: message.into() }))
@@ -338,17 +349,25 @@ impl host::Host for GuestState {
         scope: KvScope,
         key: String,
         value: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), HostError>> {
+        options: KvSetOptions,
+    ) -> wasmtime::Result<Result<bool, HostError>> {
         self.link()?;
         self.charge(key.len() + value.len())?;
         let key = match self.kv_key(scope, &key) {
             Ok(key) => key,
             Err(refusal) => return Ok(Err(refusal)),
         };
-        match self.env.kv.set(key, value) {
-            Ok(()) => Ok(Ok(())),
-            Err(quota) => refuse(ErrorCode::QuotaExceeded, quota.to_string()),
-        }
+        let condition = match options.condition {
+            KvCondition::Always => Condition::Always,
+            KvCondition::IfAbsent => Condition::IfAbsent,
+            KvCondition::IfPresent => Condition::IfPresent,
+        };
+        let ttl = match (options.keep_ttl, options.ttl_ms) {
+            (true, _) => Ttl::Keep,
+            (false, Some(ms)) => Ttl::After(ms),
+            (false, None) => Ttl::None,
+        };
+        Ok(self.env.kv.set(key, value, condition, ttl).map_err(kv_refusal))
     }
 
     fn kv_delete(&mut self, scope: KvScope, key: String) -> wasmtime::Result<Result<bool, HostError>> {
@@ -358,6 +377,104 @@ impl host::Host for GuestState {
             Ok(key) => Ok(Ok(self.env.kv.delete(&key))),
             Err(refusal) => Ok(Err(refusal)),
         }
+    }
+
+    fn kv_increment(
+        &mut self,
+        scope: KvScope,
+        key: String,
+        delta: i64,
+    ) -> wasmtime::Result<Result<i64, HostError>> {
+        self.link()?;
+        self.charge(key.len())?;
+        match self.kv_key(scope, &key) {
+            Ok(key) => Ok(self.env.kv.increment(key, delta).map_err(kv_refusal)),
+            Err(refusal) => Ok(Err(refusal)),
+        }
+    }
+
+    fn kv_expire(
+        &mut self,
+        scope: KvScope,
+        key: String,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<bool, HostError>> {
+        self.link()?;
+        self.charge(key.len())?;
+        match self.kv_key(scope, &key) {
+            Ok(key) => Ok(Ok(self.env.kv.expire(&key, ttl_ms))),
+            Err(refusal) => Ok(Err(refusal)),
+        }
+    }
+
+    fn kv_ttl(
+        &mut self,
+        scope: KvScope,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Option<u64>>, HostError>> {
+        self.link()?;
+        self.charge(key.len())?;
+        match self.kv_key(scope, &key) {
+            Ok(key) => Ok(Ok(self.env.kv.ttl(&key))),
+            Err(refusal) => Ok(Err(refusal)),
+        }
+    }
+
+    fn kv_clear(&mut self, scope: KvScope, prefix: String) -> wasmtime::Result<Result<u64, HostError>> {
+        self.link()?;
+        self.charge(prefix.len())?;
+        match self.kv_key(scope, &prefix) {
+            Ok(prefix) => Ok(Ok(self.env.kv.delete_prefix(&prefix))),
+            Err(refusal) => Ok(Err(refusal)),
+        }
+    }
+
+    fn kv_count(&mut self, scope: KvScope, prefix: String) -> wasmtime::Result<Result<u64, HostError>> {
+        self.link()?;
+        self.charge(prefix.len())?;
+        match self.kv_key(scope, &prefix) {
+            Ok(prefix) => Ok(Ok(self.env.kv.count_prefix(&prefix))),
+            Err(refusal) => Ok(Err(refusal)),
+        }
+    }
+
+    fn set_connection_name(&mut self, name: Option<String>) -> wasmtime::Result<()> {
+        let id = self.link()?.id();
+        self.charge(name.as_ref().map_or(0, String::len))?;
+        let name = name.map(|mut n| {
+            n.truncate(n.floor_char_boundary(MAX_NAME_BYTES));
+            n
+        });
+        self.env.connections.set_name(id, name);
+        Ok(())
+    }
+
+    fn list_connections(&mut self) -> wasmtime::Result<Vec<ConnectionSummary>> {
+        self.link()?;
+        let listed = self.env.connections.list();
+        Ok(listed
+            .into_iter()
+            .map(|c| ConnectionSummary { id: c.id, peer: c.peer, name: c.name, age_ms: c.age_ms })
+            .collect())
+    }
+
+    fn close_connection(&mut self, id: u64) -> wasmtime::Result<Result<(), HostError>> {
+        self.link()?;
+        if self.env.connections.close(id) {
+            Ok(Ok(()))
+        } else {
+            refuse(ErrorCode::Invalid, format!("no connection {id} in this protocol"))
+        }
+    }
+
+    fn subscription_counts(
+        &mut self,
+        kind: FilterKind,
+        pattern: Option<String>,
+    ) -> wasmtime::Result<Vec<(String, u32)>> {
+        let broker = self.link()?.broker.clone();
+        self.charge(pattern.as_ref().map_or(0, String::len))?;
+        Ok(broker.router.subscription_counts(kind, pattern.as_deref(), MAX_LISTED))
     }
 
     fn log(&mut self, level: LogLevel, text: String) -> wasmtime::Result<()> {

@@ -16,6 +16,7 @@ use crate::config::{Grants, Limits};
 use crate::kv::Kv;
 use crate::metrics::ProtocolMetrics;
 use crate::net::framing::Framing;
+use crate::registry::ConnectionRegistry;
 use crate::wasm::bindings::{Protocol as World, ProtocolPre as WorldPre};
 use crate::wasm::engine::deadline_ticks;
 use crate::wasm::guest::{Fault, Guest};
@@ -38,6 +39,8 @@ pub struct ProtocolEnv {
     pub kv: Arc<Kv>,
     /// Its counters.
     pub metrics: ProtocolMetrics,
+    /// Its open connections.
+    pub connections: ConnectionRegistry,
     /// Log bytes a guest may print per connection.
     pub guest_output_bytes: usize,
 }
