@@ -22,7 +22,7 @@ pub mod mqtt;
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// Guest crates built for the tests, by short name.
-const GUESTS: &[&str] = &["echo", "mqtt", "hostile", "foreign", "greeter"];
+const GUESTS: &[&str] = &["echo", "mqtt", "nats", "hostile", "foreign", "greeter"];
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
@@ -256,6 +256,16 @@ impl LineClient {
             .expect("a line within the wait time")
             .ok()?;
         (n > 0).then(|| line.trim_end_matches('\n').to_string())
+    }
+
+    /// Read up to and including the next `\n`, as raw bytes (binary-safe).
+    pub async fn read_raw_line(&mut self) -> Vec<u8> {
+        let mut line = Vec::new();
+        tokio::time::timeout(WAIT, self.reader.read_until(b'\n', &mut line))
+            .await
+            .expect("bytes within the wait time")
+            .expect("read");
+        line
     }
 
     /// Send a line and return the reply line.

@@ -175,4 +175,22 @@ impl Inbox {
         self.mailbox.queued_bytes.fetch_sub(taken, Ordering::AcqRel);
         n
     }
+
+    /// Take what is waiting now, without waiting: at most `max` deliveries
+    /// and, after the first, at most `max_bytes` of charge.
+    pub fn try_take(&mut self, max: usize, max_bytes: usize) -> Vec<Routed> {
+        let mut taken = Vec::new();
+        let mut bytes = 0;
+        while taken.len() < max && (taken.is_empty() || bytes < max_bytes) {
+            match self.rx.try_recv() {
+                Ok(routed) => {
+                    bytes += routed.charge();
+                    taken.push(routed);
+                }
+                Err(_) => break,
+            }
+        }
+        self.mailbox.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        taken
+    }
 }

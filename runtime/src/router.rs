@@ -157,18 +157,24 @@ struct Index {
     globs: Vec<SubscriptionKey>,
 }
 
-/// Round-robin cursors of subscription groups, by group name.
+/// Round-robin cursors of subscription groups, by a hash of (group name,
+/// filter): no allocation per publish, and a collision only makes two
+/// groups share a rotation.
 #[derive(Default)]
 struct Groups {
-    cursors: RwLock<HashMap<String, Arc<AtomicUsize>>>,
+    cursors: RwLock<HashMap<u64, Arc<AtomicUsize>>>,
 }
 
 impl Groups {
-    fn cursor(&self, group: &str) -> Arc<AtomicUsize> {
-        if let Some(cursor) = self.cursors.read().get(group) {
+    fn cursor(&self, group: &str, filter: &str) -> Arc<AtomicUsize> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (group, filter).hash(&mut hasher);
+        let key = hasher.finish();
+        if let Some(cursor) = self.cursors.read().get(&key) {
             return cursor.clone();
         }
-        self.cursors.write().entry(group.to_string()).or_default().clone()
+        self.cursors.write().entry(key).or_default().clone()
     }
 }
 
@@ -263,21 +269,23 @@ impl Router {
         );
 
         let mut receivers = 0;
-        let mut grouped: HashMap<&str, Vec<&Subscription>> = HashMap::new();
+        // A group is a group name with a filter (MQTT `$share/NAME/FILTER`,
+        // a NATS queue on one subject): each gets the message once.
+        let mut grouped: HashMap<(&str, &str), Vec<&Subscription>> = HashMap::new();
         for key in keys {
             let subscription = &index.subscriptions[&key];
             if subscription.no_local && subscription.target.connection() == Some(publisher) {
                 continue;
             }
             match &subscription.group {
-                Some(group) => grouped.entry(group).or_default().push(subscription),
+                Some(group) => grouped.entry((group, &subscription.filter)).or_default().push(subscription),
                 None => {
                     deliver(subscription, &message);
                     receivers += 1;
                 }
             }
         }
-        for (group, mut members) in grouped {
+        for ((group, filter), mut members) in grouped {
             // Prefer members whose client is connected; stable order, so the
             // cursor rotates fairly across publishes.
             let online: Vec<&Subscription> =
@@ -286,7 +294,7 @@ impl Router {
                 members = online;
             }
             members.sort_unstable_by_key(|s| (s.target.connection(), s.id));
-            let turn = self.groups.cursor(group).fetch_add(1, Ordering::Relaxed);
+            let turn = self.groups.cursor(group, filter).fetch_add(1, Ordering::Relaxed);
             deliver(members[turn % members.len()], &message);
             receivers += 1;
         }

@@ -18,18 +18,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{BrokerCore, VERSION};
-use crate::mailbox::{Inbox, Kick, Mailbox, Routed};
+use crate::mailbox::{Kick, Mailbox, Routed};
 use crate::metrics::ProtocolMetrics;
 use crate::net::framing::{Framing, FramingError};
 use crate::net::probe;
 use crate::sessions::unix_now;
 use crate::store::StoredMessage;
-use crate::wasm::bindings::types::{
-    CloseReason, ConnectionInfo, Delivery, Message, NextFrame, Qos, Transport,
-};
+use crate::wasm::bindings::types::{CloseReason, ConnectionInfo, Message, NextFrame, Transport};
 use crate::wasm::guest::{Fault, Guest};
 use crate::wasm::protocol::Protocol;
-use crate::wasm::state::ConnLink;
+use crate::wasm::state::{ConnLink, GuestState};
 
 /// Most deliveries passed to the guest in one `on-deliver` call.
 const MAX_DELIVERY_BATCH: usize = 256;
@@ -110,6 +108,7 @@ pub async fn serve(listener: Arc<ListenerInfo>, mut stream: TcpStream, peer: Soc
     let (mailbox, inbox) = Mailbox::new(id, protocol.env.limits.outbound_buffer_bytes);
     let mut guest = chosen.guest;
     guest.state_mut().link = Some(ConnLink { broker: listener.core.clone(), mailbox: mailbox.clone() });
+    guest.state_mut().inbox = Some(inbox);
     let info = ConnectionInfo {
         id,
         peer: peer.to_string(),
@@ -133,14 +132,11 @@ pub async fn serve(listener: Arc<ListenerInfo>, mut stream: TcpStream, peer: Soc
         protocol: protocol.clone(),
         guest,
         mailbox,
-        inbox,
         inbuf: chosen.buffered,
         guest_needs: 0,
         idle: None,
         last_read: Instant::now(),
         timer_at: None,
-        // Session delivery ids are queue positions; keep ours apart from them.
-        next_delivery_id: 1 << 63,
         batch_bytes: protocol.env.limits.outbound_buffer_bytes / 2,
         shutdown: listener.shutdown.clone(),
         core: listener.core.clone(),
@@ -159,14 +155,12 @@ struct Connection {
     protocol: Arc<Protocol>,
     guest: Guest,
     mailbox: Arc<Mailbox>,
-    inbox: Inbox,
     inbuf: BytesMut,
     /// Guest framing: buffered bytes needed before asking the guest again.
     guest_needs: usize,
     idle: Option<Duration>,
     last_read: Instant,
     timer_at: Option<Instant>,
-    next_delivery_id: u64,
     /// Most delivery bytes per `on-deliver` call (half the outbound buffer).
     batch_bytes: usize,
     shutdown: CancellationToken,
@@ -196,7 +190,7 @@ impl Connection {
                 _ = self.shutdown.cancelled() => Wake::Shutdown,
                 kick = self.mailbox.kicked() => Wake::Kicked(kick),
                 read = self.stream.read_buf(&mut self.inbuf) => Wake::Read(read),
-                _ = self.inbox.recv_batch(&mut batch, MAX_DELIVERY_BATCH, self.batch_bytes) => Wake::Deliveries,
+                _ = next_batch(self.guest.state_mut(), &mut batch, self.batch_bytes) => Wake::Deliveries,
                 _ = sleep_until(deadline) => Wake::Deadline,
             };
             let step = match wake {
@@ -335,36 +329,7 @@ impl Connection {
             tracing::info!(peer = %self.peer, "closing: {MAX_UNACKED} deliveries unacknowledged");
             return Err(End::Kicked(Kick::SlowConsumer));
         }
-        let mut deliveries = Vec::with_capacity(batch.len());
-        for routed in batch.drain(..) {
-            let id = match routed.delivery_id {
-                Some(id) => Some(id),
-                None if routed.qos != Qos::AtMostOnce => {
-                    let id = self.next_delivery_id;
-                    self.next_delivery_id += 1;
-                    self.guest.state_mut().unacked.insert(id);
-                    Some(id)
-                }
-                None => None,
-            };
-            let published_at = routed.message.published_at;
-            let mut message = Arc::unwrap_or_clone(routed.message).message;
-            message.qos = routed.qos;
-            // Forward the expiry that is left, not the one published (MQTT 5 3.3.2.3.3).
-            if let Some(secs) = &mut message.expiry_secs {
-                let waited = unix_now().saturating_sub(published_at);
-                *secs = secs.saturating_sub(u32::try_from(waited).unwrap_or(u32::MAX)).max(1);
-            }
-            deliveries.push(Delivery {
-                subscription: routed.subscription,
-                id,
-                message,
-                from_retained: routed.from_retained,
-                redelivered: routed.redelivered,
-            });
-        }
-        let metrics = &self.protocol.env.metrics;
-        metrics.deliveries_out.fetch_add(deliveries.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let deliveries = self.guest.state_mut().to_deliveries(batch.drain(..));
         let delivered = self.guest.on_deliver(&deliveries).await;
         self.after_call(delivered).await
     }
@@ -504,6 +469,16 @@ fn publish_will(core: &Arc<BrokerCore>, message: Message, delay_secs: u32, conne
         tokio::time::sleep(Duration::from_secs(delay_secs.into())).await;
         publish(&core);
     });
+}
+
+/// The next batch of deliveries of a serving guest's connection.
+async fn next_batch(state: &mut GuestState, batch: &mut Vec<Routed>, max_bytes: usize) {
+    match state.inbox.as_mut() {
+        Some(inbox) => {
+            inbox.recv_batch(batch, MAX_DELIVERY_BATCH, max_bytes).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -18,9 +18,9 @@ use crate::store::StoredMessage;
 use crate::topic;
 use crate::wasm::bindings::sandport::protocol::{host, types};
 use crate::wasm::bindings::types::{
-    ConnectionSummary, Credentials, ErrorCode, FilterKind, HostError, KvCondition, KvScope, KvSetOptions,
-    LogLevel, Message, Principal, PublishOutcome, Qos, RetainedHandling, SessionInfo, SessionOptions,
-    SubscribeOptions, Will,
+    ConnectionSummary, Credentials, Delivery, ErrorCode, FilterKind, HostError, KvCondition, KvScope,
+    KvSetOptions, LogLevel, Message, Principal, PublishOutcome, Qos, RetainedHandling, SessionInfo,
+    SessionOptions, SubscribeOptions, Will,
 };
 use crate::wasm::state::{GuestState, OwnedSubscription, Violation};
 
@@ -32,6 +32,9 @@ const MAX_NAME_BYTES: usize = 1024;
 
 /// Longest log line kept from a guest.
 const MAX_LOG_BYTES: usize = 1024;
+
+/// Most deliveries one `take-deliveries` call returns.
+const MAX_TAKE: usize = 256;
 
 /// Most headers on one message.
 const MAX_HEADERS: usize = 1024;
@@ -250,6 +253,17 @@ impl host::Host for GuestState {
             }
             None => refuse(ErrorCode::Invalid, format!("no subscription {subscription} on this connection")),
         }
+    }
+
+    fn take_deliveries(&mut self, max: u32) -> wasmtime::Result<Vec<Delivery>> {
+        self.link()?;
+        let max = (max as usize).min(MAX_TAKE);
+        let taken = match self.inbox.as_mut() {
+            // Half the outbound buffer, as for `on-deliver` batches.
+            Some(inbox) => inbox.try_take(max, self.env.limits.outbound_buffer_bytes / 2),
+            None => Vec::new(),
+        };
+        Ok(self.to_deliveries(taken))
     }
 
     fn ack(&mut self, delivery: u64) -> wasmtime::Result<Result<(), HostError>> {

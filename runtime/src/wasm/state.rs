@@ -11,10 +11,12 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::broker::BrokerCore;
 use crate::mailbox::Mailbox;
+use crate::mailbox::{Inbox, Routed};
 use crate::router::SubscriptionKey;
 use crate::sessions::Session;
+use crate::sessions::unix_now;
 use crate::store::Ticket;
-use crate::wasm::bindings::types::{FilterKind, Will};
+use crate::wasm::bindings::types::{Delivery, FilterKind, Qos, Will};
 use crate::wasm::engine::MAX_TABLE_ELEMENTS;
 use crate::wasm::protocol::ProtocolEnv;
 use crate::wasm::stdio::GuestOutput;
@@ -114,6 +116,11 @@ pub struct GuestState {
     pub next_subscription: u32,
     /// At-least-once deliveries handed to the guest and not yet acked.
     pub unacked: HashSet<u64>,
+    /// Next id for at-least-once deliveries outside a session. Session
+    /// delivery ids are queue positions; these stay apart from them.
+    next_delivery_id: u64,
+    /// The connection's inbox (set while serving).
+    pub inbox: Option<Inbox>,
     /// The will to publish if the connection ends with it still set.
     pub will: Option<Will>,
     /// The attached session.
@@ -148,6 +155,8 @@ impl GuestState {
             subscriptions: HashMap::new(),
             next_subscription: 1,
             unacked: HashSet::new(),
+            next_delivery_id: 1 << 63,
+            inbox: None,
             will: None,
             session: None,
             ticket: None,
@@ -175,6 +184,47 @@ impl GuestState {
             .into());
         }
         Ok(())
+    }
+}
+
+impl GuestState {
+    /// Turn routed messages into the guest's deliveries: assign ids to
+    /// at-least-once ones outside a session, apply the QoS ceiling, and
+    /// forward the expiry that is left rather than the one published.
+    pub fn to_deliveries(&mut self, batch: impl IntoIterator<Item = Routed>) -> Vec<Delivery> {
+        let now = unix_now();
+        let metrics = &self.env.metrics.deliveries_out;
+        let deliveries: Vec<Delivery> = batch
+            .into_iter()
+            .map(|routed| {
+                let id = match routed.delivery_id {
+                    Some(id) => Some(id),
+                    None if routed.qos != Qos::AtMostOnce => {
+                        let id = self.next_delivery_id;
+                        self.next_delivery_id += 1;
+                        self.unacked.insert(id);
+                        Some(id)
+                    }
+                    None => None,
+                };
+                let published_at = routed.message.published_at;
+                let mut message = Arc::unwrap_or_clone(routed.message).message;
+                message.qos = routed.qos;
+                if let Some(secs) = &mut message.expiry_secs {
+                    let waited = now.saturating_sub(published_at);
+                    *secs = secs.saturating_sub(u32::try_from(waited).unwrap_or(u32::MAX)).max(1);
+                }
+                Delivery {
+                    subscription: routed.subscription,
+                    id,
+                    message,
+                    from_retained: routed.from_retained,
+                    redelivered: routed.redelivered,
+                }
+            })
+            .collect();
+        metrics.fetch_add(deliveries.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        deliveries
     }
 }
 

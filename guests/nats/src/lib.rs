@@ -1,0 +1,394 @@
+//! `nats`: the NATS core client protocol, so unmodified NATS clients can
+//! use sandport.
+//!
+//! The server speaks first (`INFO`), then handles `CONNECT`, `PUB`, `HPUB`,
+//! `SUB` (with queue groups), `UNSUB` (with a message limit), `PING`/`PONG`,
+//! answering with `MSG`/`HMSG`, `+OK` (verbose) and nats-server's `-ERR`
+//! texts. Requests with `no_responders` get a `503` status message when no
+//! one is subscribed. Queue groups are host subscription groups, so NATS
+//! queue members and MQTT `$share` members balance the same way. Subjects
+//! map to canonical topics as described in `subject.rs`.
+
+// Natively (tests, fuzzing) nothing is exported, so the handler looks unused.
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+
+mod subject;
+mod wire;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use sandport_guest::types::{
+    CloseReason, ConnectionInfo, Credentials, Delivery, ErrorCode, FilterKind, FrameScan, Framing, NextFrame,
+    ProbeResult, ProtocolInfo, Qos, RetainedHandling, SubscribeOptions,
+};
+use sandport_guest::{Handler, host, message};
+use serde::Deserialize;
+use wire::{Op, ParseError};
+
+/// nats-server pings idle clients every two minutes...
+const PING_INTERVAL_MS: u32 = 120_000;
+/// ...and drops them after this many unanswered pings.
+const MAX_PINGS_OUT: u32 = 2;
+
+/// The fields of `CONNECT` sandport uses. Absent flags default as in
+/// nats-server: verbose, pedantic and echo on.
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct Connect {
+    verbose: bool,
+    echo: bool,
+    headers: bool,
+    no_responders: bool,
+    name: Option<String>,
+    user: Option<String>,
+    pass: Option<String>,
+    auth_token: Option<String>,
+}
+
+impl Default for Connect {
+    fn default() -> Self {
+        Connect {
+            verbose: true,
+            echo: true,
+            headers: false,
+            no_responders: false,
+            name: None,
+            user: None,
+            pass: None,
+            auth_token: None,
+        }
+    }
+}
+
+/// One client subscription.
+struct Sub {
+    /// The subject as subscribed (NATS syntax).
+    subject: String,
+    host_id: u32,
+    /// Deliveries left before an automatic unsubscribe.
+    remaining: Option<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    max_payload: usize,
+    verbose: bool,
+    echo: bool,
+    headers: bool,
+    no_responders: bool,
+    subs: HashMap<String, Sub>,
+    by_host_id: HashMap<u32, String>,
+    pings_out: u32,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::default();
+}
+
+/// How a frame's handling ended.
+enum Outcome {
+    Continue,
+    /// Send `-ERR '<text>'` and close.
+    Fatal(String),
+    /// Close without a word, as nats-server does for malformed arguments.
+    Drop(&'static str),
+}
+
+struct Nats;
+
+impl Handler for Nats {
+    fn describe() -> ProtocolInfo {
+        ProtocolInfo {
+            name: "nats".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            framing: Framing::Guest,
+            speaks_first: true,
+        }
+    }
+
+    fn probe(prefix: Vec<u8>) -> ProbeResult {
+        // Clients wait for INFO, so a silent client is the usual NATS case;
+        // one that starts with CONNECT is NATS too.
+        let upper = prefix.to_ascii_uppercase();
+        if upper.starts_with(b"CONNECT ") || upper.starts_with(b"CONNECT\t") {
+            ProbeResult::Matched(150)
+        } else if b"CONNECT ".starts_with(&upper) {
+            ProbeResult::NeedMore
+        } else {
+            ProbeResult::NoMatch
+        }
+    }
+
+    fn frame_lengths(buffer: Vec<u8>) -> FrameScan {
+        let max_payload = STATE.with_borrow(|s| s.max_payload);
+        let (complete, needs) = wire::scan(&buffer, max_payload);
+        FrameScan { complete, next: needs.map_or(NextFrame::Unknown, NextFrame::Needs) }
+    }
+
+    fn on_open(info: ConnectionInfo) {
+        let max_payload =
+            (info.max_frame_bytes as usize).saturating_sub(wire::MAX_CONTROL_LINE + 2).max(1024);
+        STATE.with_borrow_mut(|s| {
+            s.max_payload = max_payload;
+            s.echo = true;
+        });
+        let ip = info.peer.rsplit_once(':').map_or(info.peer.as_str(), |(ip, _)| ip);
+        let (host_addr, port) = info.local.rsplit_once(':').unwrap_or((info.local.as_str(), "0"));
+        let server_info = serde_json::json!({
+            "server_id": info.server_id,
+            "server_name": info.server_id,
+            "version": info.server_version,
+            "proto": 1,
+            "go": "sandport",
+            "host": host_addr,
+            "port": port.parse::<u16>().unwrap_or(0),
+            "headers": true,
+            "max_payload": max_payload,
+            "client_id": info.id,
+            "client_ip": ip,
+        });
+        host::send(format!("INFO {server_info}\r\n").as_bytes());
+        host::set_timer(PING_INTERVAL_MS);
+    }
+
+    fn on_frames(frames: Vec<Vec<u8>>) -> Result<(), String> {
+        let mut out = Vec::new();
+        STATE.with_borrow_mut(|state| {
+            for frame in &frames {
+                match handle(state, frame, &mut out) {
+                    Outcome::Continue => {}
+                    Outcome::Fatal(text) => {
+                        out.extend_from_slice(format!("-ERR '{text}'\r\n").as_bytes());
+                        host::close(&text);
+                        return;
+                    }
+                    Outcome::Drop(why) => {
+                        host::close(why);
+                        return;
+                    }
+                }
+            }
+        });
+        host::send(&out);
+        Ok(())
+    }
+
+    fn on_deliver(batch: Vec<Delivery>) {
+        let mut out = Vec::new();
+        STATE.with_borrow_mut(|state| {
+            for delivery in batch {
+                deliver(state, delivery, &mut out);
+            }
+        });
+        host::send(&out);
+    }
+
+    fn on_timer() {
+        let stale = STATE.with_borrow_mut(|s| {
+            s.pings_out += 1;
+            s.pings_out > MAX_PINGS_OUT
+        });
+        if stale {
+            host::send(b"-ERR 'Stale Connection'\r\n");
+            host::close("stale connection");
+        } else {
+            host::send(b"PING\r\n");
+            host::set_timer(PING_INTERVAL_MS);
+        }
+    }
+
+    fn on_close(_reason: CloseReason) {}
+}
+
+fn handle(state: &mut State, frame: &[u8], out: &mut Vec<u8>) -> Outcome {
+    let op = match wire::parse(frame, state.max_payload) {
+        Ok(op) => op,
+        Err(ParseError::BadArguments) => return Outcome::Drop("malformed arguments"),
+        Err(e) => return Outcome::Fatal(e.text().into()),
+    };
+    let ok = |state: &State, out: &mut Vec<u8>| {
+        if state.verbose {
+            out.extend_from_slice(b"+OK\r\n");
+        }
+    };
+    match op {
+        Op::Connect(json) => {
+            let connect: Connect = match serde_json::from_str(json) {
+                Ok(connect) => connect,
+                Err(_) => return Outcome::Drop("CONNECT is not valid JSON"),
+            };
+            let credentials = Credentials {
+                username: connect.user.clone(),
+                password: connect.pass.clone().map(String::into_bytes),
+                token: connect.auth_token.clone(),
+            };
+            if host::authenticate(&credentials).is_err() {
+                return Outcome::Fatal("Authorization Violation".into());
+            }
+            if let Some(name) = &connect.name {
+                host::set_connection_name(Some(name));
+            }
+            state.verbose = connect.verbose;
+            state.echo = connect.echo;
+            state.headers = connect.headers;
+            state.no_responders = connect.no_responders && connect.headers;
+            ok(state, out);
+        }
+        Op::Ping => {
+            // Messages the server already has for this client go before the
+            // PONG, so a flush (PING/PONG) is a barrier as with nats-server.
+            deliver_waiting(state, out);
+            out.extend_from_slice(b"PONG\r\n");
+        }
+        Op::Pong => state.pings_out = 0,
+        Op::Pub { subject, reply, headers, payload } => {
+            if let Err(text) = publish(state, subject, reply, headers, payload, out) {
+                out.extend_from_slice(format!("-ERR '{text}'\r\n").as_bytes());
+            }
+            // nats-server acknowledges a verbose PUB even after refusing its
+            // subject, then delivers inline to this client's own subscriptions.
+            ok(state, out);
+            deliver_waiting(state, out);
+        }
+        Op::Sub { subject, queue, sid } => match subscribe(state, subject, queue, sid) {
+            Ok(()) => ok(state, out),
+            Err(text) => out.extend_from_slice(format!("-ERR '{text}'\r\n").as_bytes()),
+        },
+        Op::Unsub { sid, max } => {
+            unsubscribe(state, sid, max);
+            ok(state, out);
+        }
+    }
+    Outcome::Continue
+}
+
+fn publish(
+    state: &State,
+    subject: &str,
+    reply: Option<&str>,
+    headers: Option<&[u8]>,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    let topic = subject::to_topic(subject, false).map_err(|_| "Invalid Publish Subject".to_string())?;
+    let mut msg = message(topic, payload);
+    if let Some(reply) = reply {
+        msg.reply_to =
+            Some(subject::to_topic(reply, false).map_err(|_| "Invalid Publish Subject".to_string())?);
+    }
+    if let Some(block) = headers {
+        msg.headers = wire::parse_headers(block).ok_or_else(|| "Invalid Header".to_string())?;
+    }
+    match host::publish(&msg) {
+        Ok(outcome) => {
+            if outcome.receivers == 0
+                && state.no_responders
+                && let Some(reply) = reply
+            {
+                no_responders(state, reply, out);
+            }
+            Ok(())
+        }
+        Err(e) if e.code == ErrorCode::NotAuthorized => {
+            Err(format!("Permissions Violation for Publish to \"{subject}\""))
+        }
+        Err(e) => Err(e.message),
+    }
+}
+
+/// Tell a requester nobody listens: a `503` status on its reply subject.
+fn no_responders(state: &State, reply: &str, out: &mut Vec<u8>) {
+    let Some((sid, _)) = state.subs.iter().find(|(_, sub)| subject::matches(&sub.subject, reply)) else {
+        return;
+    };
+    let status = wire::encode_headers(Some("503"), &[]);
+    wire::put_message(out, reply, sid, None, Some(&status), b"");
+}
+
+fn subscribe(state: &mut State, subject: &str, queue: Option<&str>, sid: &str) -> Result<(), String> {
+    let filter = subject::to_topic(subject, true).map_err(|_| "Invalid Subject".to_string())?;
+    if let Some(queue) = queue
+        && queue.contains(['.', '*', '>'])
+    {
+        return Err("Invalid Queue Name".into());
+    }
+    let options = SubscribeOptions {
+        kind: FilterKind::Wildcard,
+        max_qos: Qos::AtMostOnce,
+        group: queue.map(str::to_string),
+        no_local: !state.echo,
+        retained: RetainedHandling::Skip,
+    };
+    if let Some(old) = state.subs.remove(sid) {
+        state.by_host_id.remove(&old.host_id);
+        let _ = host::unsubscribe(old.host_id);
+    }
+    match host::subscribe(&filter, &options) {
+        Ok(host_id) => {
+            state.by_host_id.insert(host_id, sid.to_string());
+            state
+                .subs
+                .insert(sid.to_string(), Sub { subject: subject.to_string(), host_id, remaining: None });
+            Ok(())
+        }
+        Err(e) if e.code == ErrorCode::NotAuthorized => {
+            Err(format!("Permissions Violation for Subscription to \"{subject}\""))
+        }
+        Err(e) => Err(e.message),
+    }
+}
+
+fn unsubscribe(state: &mut State, sid: &str, max: Option<u64>) {
+    let Some(sub) = state.subs.get_mut(sid) else { return };
+    match max {
+        Some(max) if max > 0 => sub.remaining = Some(max),
+        _ => remove(state, sid),
+    }
+}
+
+fn remove(state: &mut State, sid: &str) {
+    if let Some(sub) = state.subs.remove(sid) {
+        state.by_host_id.remove(&sub.host_id);
+        let _ = host::unsubscribe(sub.host_id);
+    }
+}
+
+/// Encode the deliveries already waiting for this connection.
+fn deliver_waiting(state: &mut State, out: &mut Vec<u8>) {
+    loop {
+        let batch = host::take_deliveries(256);
+        if batch.is_empty() {
+            return;
+        }
+        for delivery in batch {
+            deliver(state, delivery, out);
+        }
+    }
+}
+
+fn deliver(state: &mut State, delivery: Delivery, out: &mut Vec<u8>) {
+    let Some(sid) = state.by_host_id.get(&delivery.subscription).cloned() else { return };
+    let Some(sub) = state.subs.get_mut(&sid) else { return };
+    let message = delivery.message;
+    let subject = subject::from_topic(&message.topic);
+    // `a.>` needs a token after `a`; the canonical `a/#` also matches `a`.
+    if !subject::matches(&sub.subject, &subject) {
+        return;
+    }
+    let reply = message.reply_to.as_deref().map(subject::from_topic);
+    let headers =
+        (state.headers && !message.headers.is_empty()).then(|| wire::encode_headers(None, &message.headers));
+    wire::put_message(out, &subject, &sid, reply.as_deref(), headers.as_deref(), &message.payload);
+    if let Some(remaining) = &mut sub.remaining {
+        *remaining -= 1;
+        if *remaining == 0 {
+            remove(state, &sid);
+        }
+    }
+}
+
+// Exported only in the component build; natively the crate is a plain
+// library, so its decoder can be unit-tested and fuzzed.
+#[cfg(target_arch = "wasm32")]
+sandport_guest::export!(Nats);

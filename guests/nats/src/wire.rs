@@ -1,0 +1,255 @@
+//! NATS client protocol wire format: frame boundaries, control lines,
+//! header blocks, and the messages the server sends.
+//!
+//! Reference: the NATS client protocol documentation and nats-server's
+//! parser (control lines end in CRLF; `PUB`/`HPUB` are followed by a payload
+//! of the announced size and a CRLF).
+
+/// Longest control line nats-server accepts (`MAX_CONTROL_LINE_SIZE`).
+pub const MAX_CONTROL_LINE: usize = 4096;
+
+/// Where the frames end in `buffer`: control lines, and for `PUB`/`HPUB`
+/// the line plus its payload. A line whose payload size cannot be read, or
+/// is larger than `max_payload`, is a frame on its own so `on-frames` can
+/// answer it with the right error. Returns the complete frame lengths and,
+/// if the next frame's size is known, how many bytes it needs.
+pub fn scan(buffer: &[u8], max_payload: usize) -> (Vec<u32>, Option<u32>) {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at < buffer.len() {
+        let rest = &buffer[at..];
+        let window = &rest[..rest.len().min(MAX_CONTROL_LINE + 2)];
+        let Some(newline) = window.iter().position(|b| *b == b'\n') else {
+            if rest.len() > MAX_CONTROL_LINE {
+                // Hand the over-long line to on-frames, which refuses it.
+                frames.push((MAX_CONTROL_LINE + 1) as u32);
+            }
+            return (frames, None);
+        };
+        let line_len = newline + 1;
+        let total = match payload_size(&rest[..line_len]) {
+            Some(size) if size <= max_payload => line_len + size + 2,
+            _ => line_len,
+        };
+        if total > rest.len() {
+            return (frames, Some(total as u32));
+        }
+        frames.push(total as u32);
+        at += total;
+    }
+    (frames, None)
+}
+
+/// The payload size announced by a `PUB` or `HPUB` line (the last argument).
+fn payload_size(line: &[u8]) -> Option<usize> {
+    let text = std::str::from_utf8(line).ok()?;
+    let mut words = text.split_ascii_whitespace();
+    let op = words.next()?;
+    if !op.eq_ignore_ascii_case("PUB") && !op.eq_ignore_ascii_case("HPUB") {
+        return None;
+    }
+    words.last()?.parse().ok()
+}
+
+/// A parsed client operation.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Op<'a> {
+    Connect(&'a str),
+    Pub { subject: &'a str, reply: Option<&'a str>, headers: Option<&'a [u8]>, payload: &'a [u8] },
+    Sub { subject: &'a str, queue: Option<&'a str>, sid: &'a str },
+    Unsub { sid: &'a str, max: Option<u64> },
+    Ping,
+    Pong,
+}
+
+/// Why a frame could not be parsed; each maps to nats-server's answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ParseError {
+    UnknownOperation,
+    /// Wrong number or form of arguments: nats-server closes silently.
+    BadArguments,
+    ControlLineTooLong,
+    PayloadTooLarge,
+}
+
+impl ParseError {
+    /// The `-ERR` text nats-server sends.
+    pub fn text(&self) -> &'static str {
+        match self {
+            ParseError::UnknownOperation | ParseError::BadArguments => "Unknown Protocol Operation",
+            ParseError::ControlLineTooLong => "Maximum Control Line Exceeded",
+            ParseError::PayloadTooLarge => "Maximum Payload Violation",
+        }
+    }
+}
+
+/// Parse one frame found by [`scan`].
+pub fn parse(frame: &[u8], max_payload: usize) -> Result<Op<'_>, ParseError> {
+    let newline = frame.iter().position(|b| *b == b'\n').ok_or(ParseError::ControlLineTooLong)?;
+    if newline > MAX_CONTROL_LINE {
+        return Err(ParseError::ControlLineTooLong);
+    }
+    let line = std::str::from_utf8(&frame[..newline]).map_err(|_| ParseError::UnknownOperation)?;
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    let (op, args) = line.split_once([' ', '\t']).unwrap_or((line, ""));
+    let args = args.trim_start();
+    let words: Vec<&str> = args.split_ascii_whitespace().collect();
+    let body = &frame[newline + 1..];
+    match op.to_ascii_uppercase().as_str() {
+        "CONNECT" => Ok(Op::Connect(args)),
+        "PING" => Ok(Op::Ping),
+        "PONG" => Ok(Op::Pong),
+        "PUB" => {
+            let (subject, reply, size) = match words.as_slice() {
+                [subject, size] => (*subject, None, *size),
+                [subject, reply, size] => (*subject, Some(*reply), *size),
+                _ => return Err(ParseError::BadArguments),
+            };
+            let size: usize = size.parse().map_err(|_| ParseError::BadArguments)?;
+            let payload = payload(body, size, max_payload)?;
+            Ok(Op::Pub { subject, reply, headers: None, payload })
+        }
+        "HPUB" => {
+            let (subject, reply, header_size, total) = match words.as_slice() {
+                [subject, h, t] => (*subject, None, *h, *t),
+                [subject, reply, h, t] => (*subject, Some(*reply), *h, *t),
+                _ => return Err(ParseError::BadArguments),
+            };
+            let header_size: usize = header_size.parse().map_err(|_| ParseError::BadArguments)?;
+            let total: usize = total.parse().map_err(|_| ParseError::BadArguments)?;
+            if header_size > total {
+                return Err(ParseError::BadArguments);
+            }
+            let all = payload(body, total, max_payload)?;
+            let (headers, payload) = all.split_at(header_size);
+            Ok(Op::Pub { subject, reply, headers: Some(headers), payload })
+        }
+        "SUB" => match words.as_slice() {
+            [subject, sid] => Ok(Op::Sub { subject, queue: None, sid }),
+            [subject, queue, sid] => Ok(Op::Sub { subject, queue: Some(queue), sid }),
+            _ => Err(ParseError::BadArguments),
+        },
+        "UNSUB" => match words.as_slice() {
+            [sid] => Ok(Op::Unsub { sid, max: None }),
+            [sid, max] => {
+                Ok(Op::Unsub { sid, max: Some(max.parse().map_err(|_| ParseError::BadArguments)?) })
+            }
+            _ => Err(ParseError::BadArguments),
+        },
+        _ => Err(ParseError::UnknownOperation),
+    }
+}
+
+fn payload(body: &[u8], size: usize, max_payload: usize) -> Result<&[u8], ParseError> {
+    if size > max_payload {
+        return Err(ParseError::PayloadTooLarge);
+    }
+    let payload = body.get(..size).ok_or(ParseError::UnknownOperation)?;
+    if body.get(size..) != Some(b"\r\n") {
+        return Err(ParseError::UnknownOperation);
+    }
+    Ok(payload)
+}
+
+/// Parse a header block (`NATS/1.0\r\nKey: Value\r\n...\r\n`).
+pub fn parse_headers(block: &[u8]) -> Option<Vec<(String, String)>> {
+    let text = std::str::from_utf8(block).ok()?;
+    let mut lines = text.split("\r\n");
+    if !lines.next()?.starts_with("NATS/1.0") {
+        return None;
+    }
+    let mut headers = Vec::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let (name, value) = line.split_once(':')?;
+        headers.push((name.trim().to_string(), value.trim().to_string()));
+    }
+    Some(headers)
+}
+
+/// Encode a header block, with an optional status (`503`).
+pub fn encode_headers(status: Option<&str>, headers: &[(String, String)]) -> Vec<u8> {
+    let mut out = match status {
+        Some(status) => format!("NATS/1.0 {status}\r\n"),
+        None => "NATS/1.0\r\n".to_string(),
+    };
+    for (name, value) in headers {
+        out.push_str(name);
+        out.push_str(": ");
+        out.push_str(value);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
+}
+
+/// Append a `MSG` (no headers) or `HMSG` (with a header block).
+pub fn put_message(
+    out: &mut Vec<u8>,
+    subject: &str,
+    sid: &str,
+    reply: Option<&str>,
+    headers: Option<&[u8]>,
+    payload: &[u8],
+) {
+    let reply = reply.map(|r| format!(" {r}")).unwrap_or_default();
+    match headers {
+        Some(headers) => {
+            let total = headers.len() + payload.len();
+            out.extend_from_slice(
+                format!("HMSG {subject} {sid}{reply} {} {total}\r\n", headers.len()).as_bytes(),
+            );
+            out.extend_from_slice(headers);
+        }
+        None => out.extend_from_slice(format!("MSG {subject} {sid}{reply} {}\r\n", payload.len()).as_bytes()),
+    }
+    out.extend_from_slice(payload);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_finds_lines_and_payloads() {
+        let buffer = b"PING\r\nPUB a 5\r\nhello\r\nSUB a 1\r\nPUB b 10\r\nhal";
+        let (frames, next) = scan(buffer, 1024);
+        assert_eq!(frames, vec![6, 16, 9]);
+        assert_eq!(next, Some(22), "PUB b 10 needs its line, 10 bytes and CRLF");
+        let (frames, next) = scan(b"PUB a 99999\r\n", 1024);
+        assert_eq!((frames, next), (vec![13], None), "oversized payload: the line alone");
+        let (frames, _) = scan(&[b'x'; MAX_CONTROL_LINE + 10], 1024);
+        assert_eq!(frames, vec![MAX_CONTROL_LINE as u32 + 1]);
+    }
+
+    #[test]
+    fn parse_operations() {
+        assert_eq!(parse(b"ping\r\n", 10), Ok(Op::Ping));
+        assert_eq!(
+            parse(b"PUB a.b _INBOX.1 2\r\nhi\r\n", 10),
+            Ok(Op::Pub { subject: "a.b", reply: Some("_INBOX.1"), headers: None, payload: b"hi" })
+        );
+        assert_eq!(
+            parse(b"HPUB a 12 14\r\nNATS/1.0\r\n\r\nhi\r\n", 100),
+            Ok(Op::Pub { subject: "a", reply: None, headers: Some(b"NATS/1.0\r\n\r\n"), payload: b"hi" })
+        );
+        assert_eq!(parse(b"SUB a.* q 7\r\n", 10), Ok(Op::Sub { subject: "a.*", queue: Some("q"), sid: "7" }));
+        assert_eq!(parse(b"UNSUB 7 3\r\n", 10), Ok(Op::Unsub { sid: "7", max: Some(3) }));
+        assert_eq!(parse(b"PUB a 20\r\n", 10), Err(ParseError::PayloadTooLarge));
+        assert_eq!(parse(b"PUB a 2\r\nhiX\r\n", 10), Err(ParseError::UnknownOperation));
+        assert_eq!(parse(b"FOO\r\n", 10), Err(ParseError::UnknownOperation));
+        assert_eq!(parse(b"SUB\r\n", 10), Err(ParseError::BadArguments));
+        assert_eq!(parse(b"PUB foo\r\n", 10), Err(ParseError::BadArguments));
+    }
+
+    #[test]
+    fn headers_round_trip() {
+        let block = encode_headers(None, &[("A".into(), "1".into()), ("B".into(), "x y".into())]);
+        assert_eq!(block, b"NATS/1.0\r\nA: 1\r\nB: x y\r\n\r\n");
+        assert_eq!(
+            parse_headers(&block).unwrap(),
+            vec![("A".into(), "1".into()), ("B".into(), "x y".into())]
+        );
+        assert_eq!(encode_headers(Some("503"), &[]), b"NATS/1.0 503\r\n\r\n");
+    }
+}

@@ -1,0 +1,219 @@
+//! The NATS guest with the official Python client (nats-py) and raw
+//! protocol lines; one test crosses from MQTT to NATS byte for byte.
+
+use std::time::Duration;
+
+use sandport_tests::{LineClient, TestBroker, run_tool, workspace_root};
+
+const CONFIG: &str = r#"
+    [[listeners]]
+    name = "nats"
+    bind = "127.0.0.1:0"
+    protocols = ["nats"]
+
+    [[listeners]]
+    name = "mqtt"
+    bind = "127.0.0.1:0"
+    protocols = ["mqtt"]
+
+    [protocols.nats]
+    component = "{nats}"
+    [protocols.nats.limits]
+    max_frame_bytes = 69632    # max_payload 65530 plus a control line
+
+    [protocols.mqtt]
+    component = "{mqtt}"
+"#;
+
+/// Run one scenario of `tests/python/nats_checks.py` against the broker.
+async fn scenario(name: &str) {
+    let broker = TestBroker::start(CONFIG).await;
+    let script = workspace_root().join("tests/python/nats_checks.py");
+    let port = broker.addr("nats").port().to_string();
+    let (ok, stdout, stderr) = run_tool("python3", &[&script.display().to_string(), name, &port]).await;
+    assert!(ok && stdout.trim() == "ok", "scenario {name} failed:\n{stdout}\n{stderr}");
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_py_pub_sub() {
+    scenario("pubsub").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_py_wildcards() {
+    scenario("wildcards").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_py_queue_groups() {
+    scenario("queue_groups").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_py_request_reply_and_no_responders() {
+    scenario("request_reply").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_py_headers() {
+    scenario("headers").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_py_unsubscribe_with_max() {
+    scenario("unsub_max").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_py_no_echo() {
+    scenario("no_echo").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_py_ping_info_and_payload_limit() {
+    scenario("ping_and_info").await;
+}
+
+/// A raw client past the INFO line.
+async fn raw(broker: &TestBroker) -> LineClient {
+    let mut client = LineClient::connect(broker.addr("nats")).await;
+    let info = client.read_line().await.unwrap();
+    assert!(info.starts_with("INFO {") && info.ends_with("}\r"), "{info}");
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_protocol_lines() {
+    let broker = TestBroker::start(CONFIG).await;
+    let mut client = raw(&broker).await;
+    client.send(b"CONNECT {\"verbose\":true}\r\n").await;
+    assert_eq!(client.read_line().await.unwrap(), "+OK\r");
+    client.send(b"ping\r\n").await;
+    assert_eq!(client.read_line().await.unwrap(), "PONG\r");
+    client.send(b"SUB foo..bar 1\r\n").await;
+    assert_eq!(client.read_line().await.unwrap(), "-ERR 'Invalid Subject'\r");
+    client.send(b"SUB foo.* 1\r\nPUB foo.x 5\r\nhello\r\n").await;
+    assert_eq!(client.read_line().await.unwrap(), "+OK\r");
+    assert_eq!(client.read_line().await.unwrap(), "+OK\r");
+    assert_eq!(client.read_line().await.unwrap(), "MSG foo.x 1 5\r");
+    assert_eq!(client.read_line().await.unwrap(), "hello\r");
+    client.send(b"BOGUS\r\n").await;
+    assert_eq!(client.expect_closed().await, vec!["-ERR 'Unknown Protocol Operation'\r"]);
+
+    let mut big = raw(&broker).await;
+    big.send(b"PUB foo 70000\r\n").await;
+    assert_eq!(big.expect_closed().await, vec!["-ERR 'Maximum Payload Violation'\r"]);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_to_nats_byte_for_byte() {
+    let broker = TestBroker::start(CONFIG).await;
+    let mut nats = raw(&broker).await;
+    nats.send(b"CONNECT {\"verbose\":false}\r\nSUB bridge.> 9\r\nPING\r\n").await;
+    assert_eq!(nats.read_line().await.unwrap(), "PONG\r");
+    // Every byte value, twice, so CR, LF and NUL all cross.
+    let payload: Vec<u8> = (0..=255u8).chain(0..=255u8).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("payload.bin");
+    std::fs::write(&file, &payload).unwrap();
+    let port = broker.addr("mqtt").port().to_string();
+    let file = file.display().to_string();
+    let (ok, _, stderr) =
+        run_tool("mosquitto_pub", &["-h", "127.0.0.1", "-p", &port, "-t", "bridge/binary", "-f", &file])
+            .await;
+    assert!(ok, "{stderr}");
+    assert_eq!(nats.read_line().await.unwrap(), format!("MSG bridge.binary 9 {}\r", payload.len()));
+    let mut received = Vec::new();
+    while received.len() < payload.len() + 2 {
+        let line = tokio::time::timeout(Duration::from_secs(5), nats.read_raw_line()).await.unwrap();
+        received.extend(line);
+    }
+    assert_eq!(&received[..payload.len()], payload.as_slice());
+    assert_eq!(&received[payload.len()..], b"\r\n");
+    broker.shutdown().await;
+}
+
+/// What a server answers to `lines` (after its INFO), and whether it closed.
+async fn session(addr: std::net::SocketAddr, lines: &[&[u8]]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut info = Vec::new();
+    let mut byte = [0u8; 1];
+    while !info.ends_with(b"\n") {
+        stream.read_exact(&mut byte).await.unwrap();
+        info.push(byte[0]);
+    }
+    for line in lines {
+        stream.write_all(line).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                out.extend_from_slice(b"<closed>");
+                break;
+            }
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Start Debian's nats-server with the same payload limit; returns it and its address.
+async fn reference_nats_server(dir: &std::path::Path) -> (tokio::process::Child, std::net::SocketAddr) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.join("nats.conf");
+    std::fs::write(&config, format!("listen: 127.0.0.1:{port}\nmax_payload: 65530\n")).unwrap();
+    let child = tokio::process::Command::new("nats-server")
+        .arg("-c")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("nats-server is installed (Debian nats-server)");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return (child, addr);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nats-server did not start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_like_nats_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_reference, reference) = reference_nats_server(dir.path()).await;
+    let broker = TestBroker::start(CONFIG).await;
+    let sessions: &[&[&[u8]]] = &[
+        &[
+            b"CONNECT {\"verbose\":true}\r\n",
+            b"ping\r\n",
+            b"SUB foo..bar 1\r\n",
+            b"SUB foo.* 1\r\nPUB foo.x 5\r\nhello\r\n",
+            b"BOGUS\r\n",
+        ],
+        &[b"CONNECT {}\r\n", b"PUB foo 70000\r\n"],
+        &[b"CONNECT {}\r\n", b"PUB foo\r\n"],
+        &[b"CONNECT {}\r\n", b"PUB foo.* 2\r\nhi\r\n", b"PING\r\n"],
+        &[b"CONNECT {\"verbose\":true}\r\n", b"UNSUB 99\r\n", b"PUB a 2\r\nhiX\r\n"],
+        &[
+            b"CONNECT {\"verbose\":false}\r\n",
+            b"SUB q.> 1\r\nSUB q.> 2\r\nUNSUB 2\r\nPUB q.a 1\r\nx\r\nPING\r\n",
+        ],
+        &[b"CONNECT {bad json\r\n"],
+    ];
+    for lines in sessions {
+        let expected = session(reference, lines).await;
+        let actual = session(broker.addr("nats"), lines).await;
+        assert_eq!(actual, expected, "session {lines:?}");
+    }
+    broker.shutdown().await;
+}
