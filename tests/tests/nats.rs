@@ -217,3 +217,43 @@ async fn answers_like_nats_server() {
     }
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_queue_and_mqtt_shared_subscription_balance_together() {
+    use sandport_tests::mqtt::{RawClient, subscribe};
+    let broker = TestBroker::start(CONFIG).await;
+    let mut nats = raw(&broker).await;
+    nats.send(b"CONNECT {\"verbose\":false}\r\nSUB work workers 1\r\nPING\r\n").await;
+    assert_eq!(nats.read_line().await.unwrap(), "PONG\r");
+    let mut mqtt = RawClient::handshake(broker.addr("mqtt"), "worker").await;
+    mqtt.send(&subscribe(1, "$share/workers/work", 0)).await;
+    assert_eq!(mqtt.read(5).await, [0x90, 3, 0, 1, 0]);
+
+    let mut publisher = raw(&broker).await;
+    publisher.send(b"CONNECT {\"verbose\":false}\r\n").await;
+    for i in 0..10 {
+        publisher.send(format!("PUB work 1\r\n{i}\r\n").as_bytes()).await;
+    }
+    publisher.send(b"PING\r\n").await;
+    assert_eq!(publisher.read_line().await.unwrap(), "PONG\r");
+
+    // One group, two members from two protocols: each message once, shared.
+    let mut mqtt_count = 0;
+    while mqtt.next_publish(Duration::from_millis(500)).await.is_some() {
+        mqtt_count += 1;
+    }
+    nats.send(b"PING\r\n").await;
+    let mut nats_count = 0;
+    loop {
+        let line = nats.read_line().await.unwrap();
+        if line == "PONG\r" {
+            break;
+        }
+        if line.starts_with("MSG work 1 1") {
+            nats_count += 1;
+        }
+    }
+    assert_eq!(mqtt_count + nats_count, 10, "mqtt {mqtt_count} + nats {nats_count}");
+    assert!(mqtt_count > 0 && nats_count > 0, "mqtt {mqtt_count} + nats {nats_count}");
+    broker.shutdown().await;
+}

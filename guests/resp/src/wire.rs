@@ -1,0 +1,183 @@
+//! RESP wire format: finding command frames, decoding them, encoding replies
+//! in RESP2 or RESP3.
+//!
+//! Clients send commands as arrays of bulk strings (`*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n`)
+//! or as inline lines (`PING\r\n`). Lengths are checked against Redis's
+//! limits before anything is buffered.
+
+/// Longest inline command line (Redis `PROTO_INLINE_MAX_SIZE`).
+pub const MAX_INLINE: usize = 64 * 1024;
+/// Most arguments in one command (Redis allows 1024*1024).
+pub const MAX_ARGS: usize = 1024 * 1024;
+
+/// A framing error, with the text Redis sends before closing.
+pub type FrameError = String;
+
+/// Where the complete commands in `buffer` end; and what the next needs.
+pub fn scan(buffer: &[u8], max_bulk: usize) -> Result<(Vec<u32>, Option<u32>), FrameError> {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at < buffer.len() {
+        match command_length(&buffer[at..], max_bulk)? {
+            Length::Complete(n) => {
+                frames.push(n as u32);
+                at += n;
+            }
+            Length::Needs(n) => return Ok((frames, n.map(|n| n as u32))),
+        }
+    }
+    Ok((frames, None))
+}
+
+enum Length {
+    Complete(usize),
+    /// More bytes needed; the total if known.
+    Needs(Option<usize>),
+}
+
+/// Read a `\r\n`-terminated header line at `at`; returns (content, next index).
+fn line(buffer: &[u8], at: usize, limit: usize) -> Result<Option<(&[u8], usize)>, FrameError> {
+    let window = &buffer[at..buffer.len().min(at + limit + 2)];
+    match window.windows(2).position(|w| w == b"\r\n") {
+        Some(end) => Ok(Some((&window[..end], at + end + 2))),
+        None if window.len() >= limit + 2 => Err("Protocol error: too big inline request".into()),
+        None => Ok(None),
+    }
+}
+
+fn number(text: &[u8]) -> Option<i64> {
+    std::str::from_utf8(text).ok()?.parse().ok()
+}
+
+fn command_length(buffer: &[u8], max_bulk: usize) -> Result<Length, FrameError> {
+    if buffer[0] != b'*' {
+        // Inline command: one line (a bare `\n` ends it too, as in Redis).
+        return match buffer.iter().take(MAX_INLINE + 1).position(|b| *b == b'\n') {
+            Some(end) => Ok(Length::Complete(end + 1)),
+            None if buffer.len() > MAX_INLINE => Err("Protocol error: too big inline request".into()),
+            None => Ok(Length::Needs(None)),
+        };
+    }
+    let Some((count, mut at)) = line(buffer, 1, 32)? else { return Ok(Length::Needs(None)) };
+    let count = number(count).ok_or("Protocol error: invalid multibulk length")?;
+    if count > MAX_ARGS as i64 {
+        return Err("Protocol error: invalid multibulk length".into());
+    }
+    for _ in 0..count.max(0) {
+        let Some(&kind) = buffer.get(at) else { return Ok(Length::Needs(None)) };
+        if kind != b'$' {
+            return Err(format!("Protocol error: expected '$', got '{}'", kind as char));
+        }
+        let Some((len, data)) = line(buffer, at + 1, 32)? else { return Ok(Length::Needs(None)) };
+        let len = number(len).filter(|n| *n >= 0 && *n as usize <= max_bulk);
+        let len = len.ok_or("Protocol error: invalid bulk length")? as usize;
+        let end = data + len + 2;
+        if end > buffer.len() {
+            // Not the whole command's size yet, but at least this much.
+            return Ok(Length::Needs(Some(end)));
+        }
+        if &buffer[data + len..end] != b"\r\n" {
+            return Err("Protocol error: invalid bulk length".into());
+        }
+        at = end;
+    }
+    Ok(Length::Complete(at))
+}
+
+/// Split a complete frame into its arguments.
+pub fn arguments(frame: &[u8]) -> Vec<Vec<u8>> {
+    if frame.first() != Some(&b'*') {
+        let text = frame.strip_suffix(b"\n").unwrap_or(frame);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        return text
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|w| !w.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect();
+    }
+    let mut args = Vec::new();
+    let mut at = frame.iter().position(|b| *b == b'\n').map_or(frame.len(), |i| i + 1);
+    while at < frame.len() {
+        let header_end = at + frame[at..].iter().position(|b| *b == b'\n').unwrap_or(0);
+        let len = number(&frame[at + 1..header_end - 1]).unwrap_or(0).max(0) as usize;
+        let data = header_end + 1;
+        args.push(frame[data..data + len].to_vec());
+        at = data + len + 2;
+    }
+    args
+}
+
+/// Reply encoder for one connection's protocol version.
+#[derive(Clone, Copy)]
+pub struct Encoder {
+    pub resp3: bool,
+}
+
+impl Encoder {
+    pub fn simple(&self, out: &mut Vec<u8>, text: &str) {
+        out.extend_from_slice(format!("+{text}\r\n").as_bytes());
+    }
+
+    pub fn error(&self, out: &mut Vec<u8>, text: &str) {
+        out.extend_from_slice(format!("-{text}\r\n").as_bytes());
+    }
+
+    pub fn integer(&self, out: &mut Vec<u8>, n: i64) {
+        out.extend_from_slice(format!(":{n}\r\n").as_bytes());
+    }
+
+    pub fn bulk(&self, out: &mut Vec<u8>, data: &[u8]) {
+        out.extend_from_slice(format!("${}\r\n", data.len()).as_bytes());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    pub fn null(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(if self.resp3 { b"_\r\n" } else { b"$-1\r\n" });
+    }
+
+    pub fn array(&self, out: &mut Vec<u8>, len: usize) {
+        out.extend_from_slice(format!("*{len}\r\n").as_bytes());
+    }
+
+    /// A map header (RESP3) or a flat array of twice the length (RESP2).
+    pub fn map(&self, out: &mut Vec<u8>, pairs: usize) {
+        if self.resp3 {
+            out.extend_from_slice(format!("%{pairs}\r\n").as_bytes());
+        } else {
+            self.array(out, pairs * 2);
+        }
+    }
+
+    /// A push header (RESP3) or an array (RESP2), for pub/sub messages.
+    pub fn push(&self, out: &mut Vec<u8>, len: usize) {
+        if self.resp3 {
+            out.extend_from_slice(format!(">{len}\r\n").as_bytes());
+        } else {
+            self.array(out, len);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_multibulk_and_inline() {
+        let buffer = b"*1\r\n$4\r\nPING\r\nPING\r\n*2\r\n$4\r\nECHO\r\n$5\r\nhel";
+        let (frames, next) = scan(buffer, 1 << 20).unwrap();
+        assert_eq!(frames, vec![14, 6]);
+        assert_eq!(next, Some(25), "the ECHO command needs its 5-byte argument and CRLF");
+        assert_eq!(arguments(b"*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n"), vec![b"ECHO".to_vec(), b"hi".to_vec()]);
+        assert_eq!(arguments(b"SET  k v\r\n"), vec![b"SET".to_vec(), b"k".to_vec(), b"v".to_vec()]);
+    }
+
+    #[test]
+    fn huge_or_malformed_lengths_are_refused_up_front() {
+        assert!(scan(b"*1\r\n$999999999\r\n", 1 << 20).unwrap_err().contains("invalid bulk length"));
+        assert!(scan(b"*99999999999\r\n", 1 << 20).unwrap_err().contains("invalid multibulk length"));
+        assert!(scan(b"*1\r\n*1\r\n", 1 << 20).unwrap_err().contains("expected '$'"));
+        assert!(scan(&[b'a'; MAX_INLINE + 2], 1 << 20).unwrap_err().contains("too big inline"));
+    }
+}
