@@ -15,21 +15,7 @@ use sandport::wasm::bindings::types::{FilterKind, Message, Qos};
 const FILTERS: u32 = 1_000_000;
 
 fn message(topic: &str) -> Arc<StoredMessage> {
-    Arc::new(StoredMessage {
-        published_at: 0,
-        message: Message {
-            topic: topic.into(),
-            payload: vec![0; 64],
-            headers: vec![],
-            reply_to: None,
-            correlation: None,
-            content_type: None,
-            utf8_payload: false,
-            expiry_secs: None,
-            retain: false,
-            qos: Qos::AtMostOnce,
-        },
-    })
+    Arc::new(StoredMessage { published_at: 0, message: Message::new(topic, vec![0; 64]) })
 }
 
 /// A router with a million filters: `site/S/device/D/+` for 1000 sites ×

@@ -16,18 +16,7 @@ fn record(seq: u64) -> QueuedRecord {
         from_retained: false,
         message: StoredMessage {
             published_at: 0,
-            message: Message {
-                topic: format!("bench/{seq}"),
-                payload: vec![0; 64],
-                headers: vec![],
-                reply_to: None,
-                correlation: None,
-                content_type: None,
-                utf8_payload: false,
-                expiry_secs: None,
-                retain: false,
-                qos: Qos::AtLeastOnce,
-            },
+            message: Message { qos: Qos::AtLeastOnce, ..Message::new(format!("bench/{seq}"), vec![0; 64]) },
         },
     }
 }

@@ -326,21 +326,7 @@ mod tests {
     use crate::wasm::bindings::types::Message;
 
     fn message(topic: &str) -> Arc<StoredMessage> {
-        Arc::new(StoredMessage {
-            published_at: 0,
-            message: Message {
-                topic: topic.into(),
-                payload: b"x".to_vec(),
-                headers: vec![],
-                reply_to: None,
-                correlation: None,
-                content_type: None,
-                utf8_payload: false,
-                expiry_secs: None,
-                retain: false,
-                qos: Qos::AtMostOnce,
-            },
-        })
+        Arc::new(StoredMessage { published_at: 0, message: Message::new(topic, b"x".to_vec()) })
     }
 
     fn subscribe(

@@ -300,6 +300,11 @@ impl Session {
         true
     }
 
+    /// Number of subscriptions the session holds.
+    pub fn subscription_count(&self) -> usize {
+        self.inner.lock().subscriptions.len()
+    }
+
     /// A new subscription id.
     pub fn next_subscription_id(&self) -> u32 {
         let mut inner = self.inner.lock();
@@ -560,18 +565,7 @@ mod tests {
     fn message(payload: &str) -> Arc<StoredMessage> {
         Arc::new(StoredMessage {
             published_at: unix_now(),
-            message: Message {
-                topic: "t".into(),
-                payload: payload.into(),
-                headers: vec![],
-                reply_to: None,
-                correlation: None,
-                content_type: None,
-                utf8_payload: false,
-                expiry_secs: None,
-                retain: false,
-                qos: Qos::AtLeastOnce,
-            },
+            message: Message { qos: Qos::AtLeastOnce, ..Message::new("t", payload) },
         })
     }
 

@@ -40,6 +40,16 @@ fn config(data_dir: &Path, queue_max: usize) -> String {
     ))
 }
 
+/// An in-process broker with only MQTT (memory storage).
+const MQTT_ONLY: &str = r#"
+    [[listeners]]
+    name = "mqtt"
+    bind = "127.0.0.1:0"
+    protocols = ["mqtt"]
+    [protocols.mqtt]
+    component = "{mqtt}"
+"#;
+
 struct Setup {
     _dir: tempfile::TempDir,
     config: PathBuf,
@@ -183,17 +193,7 @@ async fn kill_9_loses_no_acknowledged_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacknowledged_deliveries_come_back_with_dup() {
-    let broker = TestBroker::start(
-        r#"
-        [[listeners]]
-        name = "mqtt"
-        bind = "127.0.0.1:0"
-        protocols = ["mqtt"]
-        [protocols.mqtt]
-        component = "{mqtt}"
-        "#,
-    )
-    .await;
+    let broker = TestBroker::start(MQTT_ONLY).await;
     let addr = broker.addr("mqtt");
     let (mut sub, _) = RawClient::session(addr, "forgetful", false).await;
     sub.send(&subscribe(1, "jobs/#", 1)).await;
@@ -219,17 +219,7 @@ async fn unacknowledged_deliveries_come_back_with_dup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clean_session_discards_the_stored_one() {
-    let broker = TestBroker::start(
-        r#"
-        [[listeners]]
-        name = "mqtt"
-        bind = "127.0.0.1:0"
-        protocols = ["mqtt"]
-        [protocols.mqtt]
-        component = "{mqtt}"
-        "#,
-    )
-    .await;
+    let broker = TestBroker::start(MQTT_ONLY).await;
     let addr = broker.addr("mqtt");
     let (mut sub, _) = RawClient::session(addr, "c", false).await;
     sub.send(&subscribe(1, "t", 1)).await;

@@ -316,10 +316,7 @@ impl Connection {
             }
             NextFrame::Unknown => buffered + 1,
         };
-        if !frames.is_empty() {
-            // The remainder is unexamined once frames were taken off.
-            self.guest_needs = 0;
-        }
+        // The guest saw the whole buffer, so the remainder waits for more bytes.
         Ok(frames)
     }
 

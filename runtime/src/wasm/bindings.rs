@@ -15,3 +15,22 @@ wasmtime::component::bindgen!({
 });
 
 pub use self::sandport::protocol::types;
+
+impl types::Message {
+    /// A message with a topic and payload and every other field at its
+    /// default (at most once, not retained, no headers).
+    pub fn new(topic: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        Self {
+            topic: topic.into(),
+            payload: payload.into(),
+            headers: Vec::new(),
+            reply_to: None,
+            correlation: None,
+            content_type: None,
+            utf8_payload: false,
+            expiry_secs: None,
+            retain: false,
+            qos: types::Qos::AtMostOnce,
+        }
+    }
+}

@@ -183,7 +183,8 @@ impl host::Host for GuestState {
         {
             return refuse(ErrorCode::Invalid, "group names are 1 to 1024 bytes");
         }
-        if self.subscriptions.len() >= MAX_SUBSCRIPTIONS {
+        let held = self.subscriptions.len() + self.session.as_ref().map_or(0, |s| s.subscription_count());
+        if held >= MAX_SUBSCRIPTIONS {
             return refuse(ErrorCode::QuotaExceeded, format!("more than {MAX_SUBSCRIPTIONS} subscriptions"));
         }
         let is_new = match &self.session {
