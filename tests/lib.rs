@@ -61,10 +61,12 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
-/// Path of the `sandport` binary, built on first use.
+/// Path of the `sandport` binary, built on first use. Built the way
+/// `cargo test --workspace` resolves features (dev-dependencies included),
+/// so it reuses the test build instead of compiling wasmtime a second time.
 pub fn sandport_bin() -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| run_cargo(&["build", "-p", "sandport", "--bin", "sandport"]));
+    BUILT.get_or_init(|| run_cargo(&["build", "--workspace", "--bins", "--tests"]));
     target_dir().join("debug/sandport")
 }
 
