@@ -287,6 +287,69 @@ impl LineClient {
     }
 }
 
+/// Run scenario `name` of the Python script `tests/python/SCRIPT` against
+/// `port`; the script prints `ok` when the scenario passes.
+pub async fn python_scenario(script: &str, name: &str, port: u16) {
+    let script = workspace_root().join("tests/python").join(script);
+    let (ok, stdout, stderr) =
+        run_tool("python3", &[&script.display().to_string(), name, &port.to_string()]).await;
+    assert!(ok && stdout.trim() == "ok", "scenario {name} failed:\n{stdout}\n{stderr}");
+}
+
+/// Start a reference server (Debian's nats-server, redis-server...) on a
+/// free loopback port; `args` may use `{port}`. Waits until it accepts.
+pub async fn reference_server(program: &str, args: &[&str]) -> (tokio::process::Child, std::net::SocketAddr) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let args: Vec<String> = args.iter().map(|a| a.replace("{port}", &port.to_string())).collect();
+    let child = tokio::process::Command::new(program)
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program} (is it installed?): {e}"));
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    for _ in 0..200 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return (child, addr);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{program} did not start");
+}
+
+/// A raw conversation: connect, optionally read one greeting line, write
+/// each of `writes` (50 ms apart), then collect what arrives until 300 ms of
+/// quiet, ending with `<closed>` if the server closed. For comparing a
+/// server's exact bytes with a reference server's.
+pub async fn converse(addr: std::net::SocketAddr, skip_greeting: bool, writes: &[&[u8]]) -> String {
+    use tokio::io::AsyncReadExt;
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    if skip_greeting {
+        let mut greeting = Vec::new();
+        tokio::time::timeout(WAIT, reader.read_until(b'\n', &mut greeting)).await.expect("greeting").unwrap();
+    }
+    for bytes in writes {
+        write.write_all(bytes).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(300), reader.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                out.extend_from_slice(b"<closed>");
+                break;
+            }
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Run a command-line client with a time limit; returns (status ok, stdout, stderr).
 pub async fn run_tool(program: &str, args: &[&str]) -> (bool, String, String) {
     let output = tokio::time::timeout(

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sandport_tests::{LineClient, TestBroker, run_tool, workspace_root};
+use sandport_tests::{LineClient, TestBroker, converse, python_scenario, reference_server, run_tool};
 
 const CONFIG: &str = r#"
     [[listeners]]
@@ -28,10 +28,7 @@ const CONFIG: &str = r#"
 /// Run one scenario of `tests/python/nats_checks.py` against the broker.
 async fn scenario(name: &str) {
     let broker = TestBroker::start(CONFIG).await;
-    let script = workspace_root().join("tests/python/nats_checks.py");
-    let port = broker.addr("nats").port().to_string();
-    let (ok, stdout, stderr) = run_tool("python3", &[&script.display().to_string(), name, &port]).await;
-    assert!(ok && stdout.trim() == "ok", "scenario {name} failed:\n{stdout}\n{stderr}");
+    python_scenario("nats_checks.py", name, broker.addr("nats").port()).await;
     broker.shutdown().await;
 }
 
@@ -135,62 +132,14 @@ async fn mqtt_to_nats_byte_for_byte() {
     broker.shutdown().await;
 }
 
-/// What a server answers to `lines` (after its INFO), and whether it closed.
-async fn session(addr: std::net::SocketAddr, lines: &[&[u8]]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut info = Vec::new();
-    let mut byte = [0u8; 1];
-    while !info.ends_with(b"\n") {
-        stream.read_exact(&mut byte).await.unwrap();
-        info.push(byte[0]);
-    }
-    for line in lines {
-        stream.write_all(line).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                out.extend_from_slice(b"<closed>");
-                break;
-            }
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => break,
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Start Debian's nats-server with the same payload limit; returns it and its address.
-async fn reference_nats_server(dir: &std::path::Path) -> (tokio::process::Child, std::net::SocketAddr) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = dir.join("nats.conf");
-    std::fs::write(&config, format!("listen: 127.0.0.1:{port}\nmax_payload: 65530\n")).unwrap();
-    let child = tokio::process::Command::new("nats-server")
-        .arg("-c")
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("nats-server is installed (Debian nats-server)");
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return (child, addr);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("nats-server did not start");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_like_nats_server() {
     let dir = tempfile::tempdir().unwrap();
-    let (_reference, reference) = reference_nats_server(dir.path()).await;
+    let config = dir.path().join("nats.conf");
+    std::fs::write(&config, "max_payload: 65530\n").unwrap();
+    let config = config.display().to_string();
+    let (_reference, reference) =
+        reference_server("nats-server", &["-c", &config, "-a", "127.0.0.1", "-p", "{port}"]).await;
     let broker = TestBroker::start(CONFIG).await;
     let sessions: &[&[&[u8]]] = &[
         &[
@@ -211,8 +160,8 @@ async fn answers_like_nats_server() {
         &[b"CONNECT {bad json\r\n"],
     ];
     for lines in sessions {
-        let expected = session(reference, lines).await;
-        let actual = session(broker.addr("nats"), lines).await;
+        let expected = converse(reference, true, lines).await;
+        let actual = converse(broker.addr("nats"), true, lines).await;
         assert_eq!(actual, expected, "session {lines:?}");
     }
     broker.shutdown().await;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sandport_tests::{LineClient, TestBroker, run_tool, workspace_root};
+use sandport_tests::{LineClient, TestBroker, converse, python_scenario, reference_server, run_tool};
 
 const CONFIG: &str = r#"
     [[listeners]]
@@ -29,10 +29,7 @@ const CONFIG: &str = r#"
 
 async fn scenario(name: &str) {
     let broker = TestBroker::start(CONFIG).await;
-    let script = workspace_root().join("tests/python/redis_checks.py");
-    let port = broker.addr("resp").port().to_string();
-    let (ok, stdout, stderr) = run_tool("python3", &[&script.display().to_string(), name, &port]).await;
-    assert!(ok && stdout.trim() == "ok", "scenario {name} failed:\n{stdout}\n{stderr}");
+    python_scenario("redis_checks.py", name, broker.addr("resp").port()).await;
     broker.shutdown().await;
 }
 
@@ -145,42 +142,13 @@ async fn messages_cross_between_redis_and_mqtt() {
     broker.shutdown().await;
 }
 
-/// What a server answers to `input` within a short quiet period, and whether it closed.
-async fn exchange(addr: std::net::SocketAddr, input: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(input).await.unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                out.extend_from_slice(b"<closed>");
-                break;
-            }
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => break,
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_like_redis_server() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let _reference = tokio::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("redis-server is installed (Debian redis-server)");
-    let reference: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(reference).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (_reference, reference) = reference_server(
+        "redis-server",
+        &["--port", "{port}", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+    )
+    .await;
     let broker = TestBroker::start(CONFIG).await;
     let sessions: &[&[u8]] = &[
         b"PING\r\nPING hello\r\n*2\r\n$4\r\nECHO\r\n$3\r\nabc\r\n",
@@ -196,8 +164,8 @@ async fn answers_like_redis_server() {
         b"SET a 1 EX 0\r\nSET a 1 EX\r\nSET a 1 BOGUS\r\n",
     ];
     for input in sessions {
-        let expected = exchange(reference, input).await;
-        let mut actual = exchange(broker.addr("resp"), input).await;
+        let expected = converse(reference, false, &[input]).await;
+        let mut actual = converse(broker.addr("resp"), false, &[input]).await;
         if input.starts_with(b"HELLO") {
             // Server identity differs by design; compare the shape only.
             actual = actual.split("id").next().unwrap().to_string();
