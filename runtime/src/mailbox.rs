@@ -35,6 +35,19 @@ pub struct Routed {
 }
 
 impl Routed {
+    /// A delivery straight from a publish (or from the retained store),
+    /// not queued in a session.
+    pub fn live(subscription: u32, message: &Arc<StoredMessage>, qos: Qos, from_retained: bool) -> Self {
+        Routed {
+            subscription,
+            message: message.clone(),
+            qos,
+            delivery_id: None,
+            from_retained,
+            redelivered: false,
+        }
+    }
+
     /// Bytes this delivery is charged against the outbound budget.
     pub fn charge(&self) -> usize {
         self.message.message.topic.len() + self.message.message.payload.len() + DELIVERY_OVERHEAD

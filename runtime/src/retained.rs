@@ -61,14 +61,4 @@ impl Retained {
         found.sort_by(|a, b| a.message.topic.cmp(&b.message.topic));
         found
     }
-
-    /// Number of retained topics.
-    pub fn len(&self) -> usize {
-        self.by_topic.read().len()
-    }
-
-    /// Whether nothing is retained.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

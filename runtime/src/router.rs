@@ -45,15 +45,7 @@ impl Target {
     pub fn deliver(&self, id: u32, message: &Arc<StoredMessage>, qos: Qos, from_retained: bool) {
         match self {
             Target::Connection(mailbox) => {
-                let routed = Routed {
-                    subscription: id,
-                    message: message.clone(),
-                    qos,
-                    delivery_id: None,
-                    from_retained,
-                    redelivered: false,
-                };
-                if mailbox.push(routed) == Pushed::Dropped {
+                if mailbox.push(Routed::live(id, message, qos, from_retained)) == Pushed::Dropped {
                     tracing::debug!(
                         connection = mailbox.connection,
                         "delivery dropped: outbound buffer full"

@@ -158,14 +158,7 @@ impl Session {
         }
         if qos == Qos::AtMostOnce {
             if let Some(holder) = &inner.holder {
-                holder.push(Routed {
-                    subscription: id,
-                    message: message.clone(),
-                    qos,
-                    delivery_id: None,
-                    from_retained,
-                    redelivered: false,
-                });
+                holder.push(Routed::live(id, message, qos, from_retained));
             }
             return;
         }

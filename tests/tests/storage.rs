@@ -13,32 +13,35 @@ use sandport_tests::mqtt::{RawClient, publish_qos1, subscribe};
 use sandport_tests::{BrokerProcess, LineClient, TestBroker, run_tool, sandport_bin, with_guest_paths};
 
 /// Config text for a broker with MQTT and echo listeners storing in `data_dir`.
-fn config(data_dir: &Path, queue_max: usize) -> String {
+fn config_text(data_dir: &Path, queue_max: usize) -> String {
     with_guest_paths(&format!(
         r#"
         [storage]
         engine = "embedded"
         data_dir = "{}"
         session_queue_max = {queue_max}
-
-        [[listeners]]
-        name = "mqtt"
-        bind = "127.0.0.1:0"
-        protocols = ["mqtt"]
-
-        [[listeners]]
-        name = "echo"
-        bind = "127.0.0.1:0"
-        protocols = ["echo"]
-
-        [protocols.mqtt]
-        component = "{{mqtt}}"
-        [protocols.echo]
-        component = "{{echo}}"
-        "#,
+        {MQTT_AND_ECHO}"#,
         data_dir.display()
     ))
 }
+
+/// MQTT and echo listeners on ephemeral ports.
+const MQTT_AND_ECHO: &str = r#"
+    [[listeners]]
+    name = "mqtt"
+    bind = "127.0.0.1:0"
+    protocols = ["mqtt"]
+
+    [[listeners]]
+    name = "echo"
+    bind = "127.0.0.1:0"
+    protocols = ["echo"]
+
+    [protocols.mqtt]
+    component = "{mqtt}"
+    [protocols.echo]
+    component = "{echo}"
+"#;
 
 /// An in-process broker with only MQTT (memory storage).
 const MQTT_ONLY: &str = r#"
@@ -62,10 +65,6 @@ fn setup(queue_max: usize) -> Setup {
     let config = dir.path().join("sandport.toml");
     std::fs::write(&config, config_text(&data, queue_max)).unwrap();
     Setup { _dir: dir, config }
-}
-
-fn config_text(data: &Path, queue_max: usize) -> String {
-    config(data, queue_max)
 }
 
 async fn start(setup: &Setup) -> BrokerProcess {
@@ -235,23 +234,7 @@ async fn clean_session_discards_the_stored_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_messages_are_set_replaced_and_cleared() {
-    let broker = TestBroker::start(
-        r#"
-        [[listeners]]
-        name = "mqtt"
-        bind = "127.0.0.1:0"
-        protocols = ["mqtt"]
-        [[listeners]]
-        name = "echo"
-        bind = "127.0.0.1:0"
-        protocols = ["echo"]
-        [protocols.mqtt]
-        component = "{mqtt}"
-        [protocols.echo]
-        component = "{echo}"
-        "#,
-    )
-    .await;
+    let broker = TestBroker::start(MQTT_AND_ECHO).await;
     let addr = broker.addr("mqtt");
     let mut publisher = RawClient::handshake(addr, "p").await;
     publisher.send(&publish_qos1("home/lamp", 1, b"on", true)).await;
