@@ -143,6 +143,7 @@ impl Broker {
                 metrics: ProtocolMetrics::default(),
                 connections: Default::default(),
                 guest_output_bytes: config.broker.guest_output_bytes,
+                settings: protocol_config.settings_text(),
             };
             let path = config.resolve(&protocol_config.component);
             let protocol =

@@ -102,17 +102,19 @@ pub async fn describe_component(path: &Path, pin: Option<&str>) -> Result<String
         metrics: ProtocolMetrics::default(),
         connections: Default::default(),
         guest_output_bytes: 16 * 1024,
+        settings: Vec::new(),
     };
     let protocol = Protocol::load(&engine, &linker, env, path, pin).await.map_err(|e| e.to_string())?;
     let d = &protocol.description;
     Ok(format!(
-        "component: {}\nsha256: {}\nname: {}\nversion: {}\nframing: {:?}\nspeaks-first: {}\nimports: {}\n",
+        "component: {}\nsha256: {}\nname: {}\nversion: {}\nframing: {:?}\nspeaks-first: {}\nsettings: {}\nimports: {}\n",
         path.display(),
         protocol.sha256,
         d.name,
         d.version,
         d.framing,
         d.speaks_first,
+        d.settings.join(", "),
         protocol.imports.join(", ")
     ))
 }

@@ -129,6 +129,25 @@ pub struct Listener {
     /// protocol wins, or the connection is closed.
     #[serde(default = "default_probe_timeout_ms")]
     pub probe_timeout_ms: u64,
+    /// What carries the protocol's bytes on this listener.
+    #[serde(default)]
+    pub transport: ListenerTransport,
+    /// WebSocket subprotocols accepted in the handshake (for example
+    /// `mqtt`); default: the names of the listener's protocols.
+    #[serde(default)]
+    pub subprotocols: Option<Vec<String>>,
+}
+
+/// `transport` of a listener.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListenerTransport {
+    /// The protocol's bytes straight on the TCP connection.
+    #[default]
+    Tcp,
+    /// An HTTP upgrade to WebSocket (RFC 6455); the protocol's bytes travel in
+    /// binary messages.
+    Websocket,
 }
 
 fn default_listener_connections() -> u32 {
@@ -170,6 +189,27 @@ pub struct ProtocolConfig {
     /// What the guest may do.
     #[serde(default)]
     pub grants: Grants,
+    /// Protocol-specific settings passed to every connection's guest
+    /// (`connection-info.settings`). Only the names the guest lists in
+    /// `describe` are accepted; values are strings, numbers or booleans.
+    #[serde(default)]
+    pub settings: BTreeMap<String, toml::Value>,
+}
+
+impl ProtocolConfig {
+    /// The settings as name/value text, in name order.
+    pub fn settings_text(&self) -> Vec<(String, String)> {
+        self.settings
+            .iter()
+            .map(|(name, value)| {
+                let text = match value {
+                    toml::Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                };
+                (name.clone(), text)
+            })
+            .collect()
+    }
 }
 
 /// `[protocols.NAME.limits]`.
@@ -290,6 +330,22 @@ impl Config {
             }
             if listener.probe_bytes == 0 || listener.probe_bytes > 4096 {
                 return Err((key("probe_bytes"), "must be between 1 and 4096".into()));
+            }
+            if listener.subprotocols.is_some() && listener.transport != ListenerTransport::Websocket {
+                return Err((key("subprotocols"), "only applies with transport = \"websocket\"".into()));
+            }
+            if listener.subprotocols.as_ref().is_some_and(Vec::is_empty) {
+                return Err((key("subprotocols"), "lists no subprotocol".into()));
+            }
+        }
+        for (name, protocol) in &self.protocols {
+            for (setting, value) in &protocol.settings {
+                if matches!(value, toml::Value::Array(_) | toml::Value::Table(_) | toml::Value::Datetime(_)) {
+                    return Err((
+                        format!("protocols.{name}.settings.{setting}"),
+                        "must be a string, number or boolean".into(),
+                    ));
+                }
             }
         }
         if self.storage.session_queue_max == 0 {

@@ -15,9 +15,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use crate::config::QueueFullPolicy;
 use crate::kv::Kv;
@@ -70,6 +71,46 @@ struct Inner {
     max_inflight: usize,
     disconnected_at: Option<u64>,
     ended: bool,
+    /// The will of the last connection, waiting out its delay.
+    pending_will: Option<Arc<PendingWill>>,
+}
+
+/// A will whose publication waits for its delay (MQTT 5 will delay
+/// interval): cancelled if the session is resumed first, due at once if the
+/// session ends first.
+#[derive(Default)]
+pub struct PendingWill {
+    state: AtomicU8,
+    wake: Notify,
+}
+
+const WILL_WAITING: u8 = 0;
+const WILL_CANCELLED: u8 = 1;
+const WILL_DUE: u8 = 2;
+
+impl PendingWill {
+    fn settle(&self, state: u8) {
+        let _ = self.state.compare_exchange(WILL_WAITING, state, Ordering::AcqRel, Ordering::Acquire);
+        self.wake.notify_one();
+    }
+
+    /// Wait up to `delay`; returns whether the will should be published.
+    pub async fn wait(&self, delay: std::time::Duration) -> bool {
+        if self.state.load(Ordering::Acquire) == WILL_WAITING {
+            let _ = tokio::time::timeout(delay, self.wake.notified()).await;
+        }
+        self.state.load(Ordering::Acquire) != WILL_CANCELLED
+    }
+}
+
+/// What became of a will with a delay when its connection ended.
+pub enum WillDeferral {
+    /// Waiting on the session; publish when [`PendingWill::wait`] says so.
+    Deferred(Arc<PendingWill>),
+    /// Another connection already resumed the session: never publish.
+    Resumed,
+    /// The session is gone: publish now.
+    Ended,
 }
 
 /// One session.
@@ -111,6 +152,7 @@ impl Session {
                 max_inflight: usize::from(u16::MAX),
                 disconnected_at: None,
                 ended: false,
+                pending_will: None,
             }),
         }
     }
@@ -264,6 +306,10 @@ impl Session {
             tracing::info!(protocol = %self.protocol, client_id = %self.client_id, old = previous.connection, new = mailbox.connection, "session taken over");
             previous.kick(crate::mailbox::Kick::SessionTakenOver);
         }
+        if let Some(will) = inner.pending_will.take() {
+            tracing::debug!(protocol = %self.protocol, client_id = %self.client_id, "session resumed: delayed will cancelled");
+            will.settle(WILL_CANCELLED);
+        }
         inner.expiry_secs = expiry_secs;
         inner.persistent = expiry_secs != Some(0);
         inner.max_inflight = usize::from(max_inflight.max(1));
@@ -291,6 +337,30 @@ impl Session {
         inner.disconnected_at = Some(unix_now());
         self.persist(&inner);
         true
+    }
+
+    /// Park the will of `connection`, which is ending, until its delay passes.
+    pub fn defer_will(&self, connection: u64) -> WillDeferral {
+        let mut inner = self.inner.lock();
+        if inner.ended {
+            return WillDeferral::Ended;
+        }
+        if inner.holder.as_ref().is_some_and(|h| h.connection != connection) {
+            return WillDeferral::Resumed;
+        }
+        let pending = Arc::new(PendingWill::default());
+        if let Some(earlier) = inner.pending_will.replace(pending.clone()) {
+            earlier.settle(WILL_DUE);
+        }
+        WillDeferral::Deferred(pending)
+    }
+
+    /// Change how long the session outlives its connection.
+    pub fn set_expiry(&self, expiry_secs: Option<u32>) {
+        let mut inner = self.inner.lock();
+        inner.expiry_secs = expiry_secs;
+        inner.persistent = expiry_secs != Some(0);
+        self.persist(&inner);
     }
 
     /// Number of subscriptions the session holds.
@@ -335,6 +405,9 @@ impl Session {
         let mut inner = self.inner.lock();
         inner.ended = true;
         inner.queue.clear();
+        if let Some(will) = inner.pending_will.take() {
+            will.settle(WILL_DUE);
+        }
         std::mem::take(&mut inner.subscriptions).into_values().map(|s| s.key).collect()
     }
 
@@ -426,6 +499,11 @@ impl Sessions {
         let key = (protocol.clone(), client_id.clone());
         let existing = self.map.lock().get(&key).cloned();
         let existing = match existing {
+            // Expired but not yet swept: it is gone for the client.
+            Some(old) if old.expired_at(unix_now()) => {
+                self.destroy(router, &old);
+                None
+            }
             Some(old) if clean => {
                 // The old holder (if any) is closed; its session is discarded.
                 if let Some(holder) = old.inner.lock().holder.clone()

@@ -37,6 +37,7 @@ impl Handler for Echo {
             version: env!("CARGO_PKG_VERSION").into(),
             framing: Framing::Delimiter(b"\n".to_vec()),
             speaks_first: false,
+            settings: Vec::new(),
         }
     }
 

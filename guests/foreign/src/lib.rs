@@ -20,6 +20,7 @@ impl Handler for Foreign {
             version: env!("CARGO_PKG_VERSION").into(),
             framing: Framing::Delimiter(b"\n".to_vec()),
             speaks_first: false,
+            settings: Vec::new(),
         }
     }
 

@@ -58,6 +58,7 @@ impl Handler for Greeter {
             version: env!("CARGO_PKG_VERSION").into(),
             framing: Framing::Guest,
             speaks_first: true,
+            settings: Vec::new(),
         }
     }
 

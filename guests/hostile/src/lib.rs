@@ -49,6 +49,7 @@ impl Handler for Hostile {
             version: env!("CARGO_PKG_VERSION").into(),
             framing: Framing::Delimiter(b"\n".to_vec()),
             speaks_first: false,
+            settings: Vec::new(),
         }
     }
 

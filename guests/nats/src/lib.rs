@@ -104,6 +104,7 @@ impl Handler for Nats {
             version: env!("CARGO_PKG_VERSION").into(),
             framing: Framing::Guest,
             speaks_first: true,
+            settings: Vec::new(),
         }
     }
 

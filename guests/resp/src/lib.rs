@@ -108,6 +108,7 @@ impl Handler for Resp {
             version: env!("CARGO_PKG_VERSION").into(),
             framing: Framing::Guest,
             speaks_first: false,
+            settings: Vec::new(),
         }
     }
 

@@ -20,11 +20,14 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{BrokerCore, VERSION};
 use crate::mailbox::{Kick, Mailbox, Routed};
 use crate::metrics::ProtocolMetrics;
+use crate::config::ListenerTransport;
 use crate::net::framing::{Framing, FramingError};
 use crate::net::probe;
-use crate::sessions::unix_now;
+use crate::net::stream::BoxedStream;
+use crate::net::websocket;
+use crate::sessions::{WillDeferral, unix_now};
 use crate::store::StoredMessage;
-use crate::wasm::bindings::types::{CloseReason, ConnectionInfo, Message, NextFrame, Transport};
+use crate::wasm::bindings::types::{CloseReason, ConnectionInfo, NextFrame, Transport, Will};
 use crate::wasm::guest::{Fault, Guest};
 use crate::wasm::protocol::Protocol;
 use crate::wasm::state::{ConnLink, GuestState};
@@ -51,6 +54,9 @@ pub struct ListenerInfo {
     pub candidates: Vec<Arc<Protocol>>,
     pub probe_bytes: usize,
     pub probe_timeout: Duration,
+    /// TCP, or WebSocket with these accepted subprotocols.
+    pub transport: ListenerTransport,
+    pub subprotocols: Vec<String>,
     pub core: Arc<BrokerCore>,
     pub shutdown: CancellationToken,
 }
@@ -63,6 +69,7 @@ enum End {
     IdleTimeout,
     Kicked(Kick),
     Framing(String),
+    TooLarge,
     Shutdown,
     Fault(Fault),
 }
@@ -77,6 +84,7 @@ impl End {
             End::Kicked(Kick::SlowConsumer) => CloseReason::SlowConsumer,
             End::Kicked(Kick::ClosedByRequest) => CloseReason::ClosedByRequest,
             End::Framing(why) => CloseReason::ProtocolError(why.clone()),
+            End::TooLarge => CloseReason::FrameTooLarge,
             End::Shutdown => CloseReason::ServerShutdown,
             End::Fault(fault) => CloseReason::ProtocolError(fault.to_string()),
         }
@@ -84,8 +92,30 @@ impl End {
 }
 
 /// Serve one accepted socket until it closes.
-pub async fn serve(listener: Arc<ListenerInfo>, mut stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(listener: Arc<ListenerInfo>, tcp: TcpStream, peer: SocketAddr) {
     let id = listener.core.next_connection_id();
+    let local = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let (mut stream, transport): (BoxedStream, Transport) = match listener.transport {
+        ListenerTransport::Tcp => (Box::new(tcp), Transport::Tcp),
+        ListenerTransport::Websocket => {
+            let max_message = listener.candidates.iter().map(|p| p.env.limits.max_frame_bytes as usize).max();
+            let max_message = max_message.unwrap_or(0).max(64 * 1024);
+            let upgrade = tokio::select! {
+                upgrade = websocket::accept(tcp, &listener.subprotocols, max_message, listener.probe_timeout) => upgrade,
+                _ = listener.shutdown.cancelled() => return,
+            };
+            match upgrade {
+                Ok((pipe, subprotocol)) => {
+                    tracing::debug!(listener = %listener.name, %peer, conn = id, ?subprotocol, "WebSocket upgraded");
+                    (Box::new(pipe), Transport::Websocket)
+                }
+                Err(e) => {
+                    tracing::info!(listener = %listener.name, %peer, conn = id, "closing: {e}");
+                    return;
+                }
+            }
+        }
+    };
     let chosen = tokio::select! {
         chosen = probe::choose(&mut stream, &listener.candidates, id, listener.probe_bytes, listener.probe_timeout) => chosen,
         _ = listener.shutdown.cancelled() => return,
@@ -104,7 +134,6 @@ pub async fn serve(listener: Arc<ListenerInfo>, mut stream: TcpStream, peer: Soc
         tracing::warn!(protocol = %protocol.env.name, %peer, "connection refused: max_connections reached");
         return;
     };
-    let local = stream.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let (mailbox, inbox) = Mailbox::new(id, protocol.env.limits.outbound_buffer_bytes);
     let mut guest = chosen.guest;
     guest.state_mut().link = Some(ConnLink { broker: listener.core.clone(), mailbox: mailbox.clone() });
@@ -114,10 +143,11 @@ pub async fn serve(listener: Arc<ListenerInfo>, mut stream: TcpStream, peer: Soc
         peer: peer.to_string(),
         local,
         listener: listener.name.to_string(),
-        transport: Transport::Tcp,
+        transport,
         server_id: listener.core.server_id.clone(),
         server_version: VERSION.into(),
         max_frame_bytes: protocol.env.limits.max_frame_bytes,
+        settings: protocol.env.settings.clone(),
     };
     protocol.env.connections.insert(mailbox.clone(), peer.to_string());
     ProtocolMetrics::bump(&metrics.connections_opened);
@@ -148,7 +178,7 @@ pub async fn serve(listener: Arc<ListenerInfo>, mut stream: TcpStream, peer: Soc
 }
 
 struct Connection {
-    stream: TcpStream,
+    stream: BoxedStream,
     peer: SocketAddr,
     framing: Framing,
     max_frame: usize,
@@ -274,7 +304,7 @@ impl Connection {
             match self.framing.next_frame(&self.inbuf, self.max_frame) {
                 Ok(Some(len)) => frames.push(self.inbuf.split_to(len).to_vec()),
                 Ok(None) => break,
-                Err(e) => return Err(self.framing_error(e.to_string())),
+                Err(e) => return Err(self.framing_error(e)),
             }
         }
         Ok(frames)
@@ -303,16 +333,16 @@ impl Connection {
         }
         let buffered = self.inbuf.len();
         self.guest_needs = match scan.next {
-            NextFrame::Invalid(reason) => return Err(self.framing_error(reason)),
+            NextFrame::Invalid(reason) => return Err(self.framing_error(FramingError::Rejected(reason))),
             NextFrame::Needs(n) if n as usize > self.max_frame => {
                 let error = FramingError::TooLarge { size: n.into(), max: self.max_frame };
-                return Err(self.framing_error(error.to_string()));
+                return Err(self.framing_error(error));
             }
             // A claim of needing what is already here would ask again at once.
             NextFrame::Needs(n) => (n as usize).max(buffered + 1),
             NextFrame::Unknown if buffered >= self.max_frame => {
                 let error = FramingError::TooLarge { size: buffered as u64, max: self.max_frame };
-                return Err(self.framing_error(error.to_string()));
+                return Err(self.framing_error(error));
             }
             NextFrame::Unknown => buffered + 1,
         };
@@ -392,11 +422,14 @@ impl Connection {
         End::Fault(fault)
     }
 
-    fn framing_error(&self, why: String) -> End {
+    fn framing_error(&self, error: FramingError) -> End {
         let env = &self.protocol.env;
         ProtocolMetrics::bump(&env.metrics.framing_errors);
-        tracing::info!(protocol = %env.name, peer = %self.peer, "closing on framing error: {why}");
-        End::Framing(why)
+        tracing::info!(protocol = %env.name, peer = %self.peer, "closing on framing error: {error}");
+        match error {
+            FramingError::TooLarge { .. } => End::TooLarge,
+            other => End::Framing(other.to_string()),
+        }
     }
 
     /// Tell the guest, write its goodbye, close the socket, and release
@@ -422,11 +455,17 @@ impl Connection {
         for (_, owned) in state.subscriptions.drain() {
             core.router.unsubscribe(owned.key);
         }
+        // The will is settled before the session is released, so a session
+        // that ends with its connection publishes a delayed will at once.
+        if let Some(will) = state.will.take() {
+            let deferral = match (&state.session, will.delay_secs) {
+                (Some(session), delay) if delay > 0 => Some(session.defer_will(connection)),
+                _ => None,
+            };
+            publish_will(&core, will, deferral, connection, &env.name);
+        }
         if let Some(session) = state.session.take() {
             core.sessions.release(&core.router, &session, connection);
-        }
-        if let Some(will) = state.will.take() {
-            publish_will(&core, will.message, will.delay_secs, connection, &env.name);
         }
         if matches!(end, End::Kicked(Kick::SlowConsumer)) {
             ProtocolMetrics::bump(&env.metrics.slow_consumers);
@@ -447,9 +486,16 @@ impl Connection {
     }
 }
 
-/// Publish a will now or after its delay.
-fn publish_will(core: &Arc<BrokerCore>, message: Message, delay_secs: u32, connection: u64, protocol: &str) {
-    tracing::debug!(protocol, conn = connection, topic = %message.topic, delay_secs, "publishing will");
+/// Publish a will now, or once its delay passes (or its session ends first).
+fn publish_will(
+    core: &Arc<BrokerCore>,
+    will: Will,
+    deferral: Option<WillDeferral>,
+    connection: u64,
+    protocol: &str,
+) {
+    let Will { message, delay_secs } = will;
+    tracing::debug!(protocol, conn = connection, topic = %message.topic, delay_secs, "will due");
     let publish = move |core: &BrokerCore| {
         let stored = Arc::new(StoredMessage { message, published_at: unix_now() });
         if stored.message.retain {
@@ -457,15 +503,29 @@ fn publish_will(core: &Arc<BrokerCore>, message: Message, delay_secs: u32, conne
         }
         core.router.publish(stored, connection);
     };
-    if delay_secs == 0 {
-        publish(core);
-        return;
+    let delay = Duration::from_secs(delay_secs.into());
+    match deferral {
+        _ if delay_secs == 0 => publish(core),
+        Some(WillDeferral::Ended) => publish(core),
+        Some(WillDeferral::Resumed) => {
+            tracing::debug!(protocol, conn = connection, "will dropped: the session was resumed")
+        }
+        Some(WillDeferral::Deferred(pending)) => {
+            let core = core.clone();
+            tokio::spawn(async move {
+                if pending.wait(delay).await {
+                    publish(&core);
+                }
+            });
+        }
+        None => {
+            let core = core.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                publish(&core);
+            });
+        }
     }
-    let core = core.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(delay_secs.into())).await;
-        publish(&core);
-    });
 }
 
 /// The next batch of deliveries of a serving guest's connection.

@@ -34,6 +34,8 @@ pub enum FramingError {
     TooShort,
     #[error("invalid framing declared by the guest: {0}")]
     BadDeclaration(String),
+    #[error("{0}")]
+    Rejected(String),
 }
 
 impl Framing {

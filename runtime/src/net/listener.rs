@@ -43,9 +43,13 @@ impl ListenerTask {
     ) -> Self {
         let info = Arc::new(ListenerInfo {
             name,
-            candidates,
             probe_bytes: config.probe_bytes,
             probe_timeout: config.probe_timeout(),
+            transport: config.transport,
+            subprotocols: config.subprotocols.clone().unwrap_or_else(|| {
+                candidates.iter().map(|p| p.description.name.clone()).collect()
+            }),
+            candidates,
             core,
             shutdown: shutdown.clone(),
         });

@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 
 use crate::metrics::ProtocolMetrics;
@@ -50,7 +49,7 @@ struct Candidate {
 
 /// Pick the protocol for `stream` among `candidates` (in config order).
 pub async fn choose(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncRead + Unpin),
     candidates: &[Arc<Protocol>],
     connection: u64,
     probe_bytes: usize,
@@ -99,7 +98,8 @@ pub async fn choose(
     }
 }
 
-async fn read_some(stream: &mut TcpStream, buffer: &mut BytesMut, limit: usize) -> std::io::Result<usize> {
+async fn read_some(
+    stream: &mut (impl AsyncRead + Unpin), buffer: &mut BytesMut, limit: usize) -> std::io::Result<usize> {
     let mut chunk = vec![0u8; limit - buffer.len()];
     let n = stream.read(&mut chunk).await?;
     buffer.extend_from_slice(&chunk[..n]);

@@ -322,6 +322,17 @@ impl host::Host for GuestState {
         Ok(Ok(info))
     }
 
+    fn set_session_expiry(&mut self, expiry_secs: Option<u32>) -> wasmtime::Result<Result<(), HostError>> {
+        self.link()?;
+        match &self.session {
+            Some(session) => {
+                session.set_expiry(expiry_secs);
+                Ok(Ok(()))
+            }
+            None => refuse(ErrorCode::Invalid, "no session attached"),
+        }
+    }
+
     fn set_will(&mut self, will: Option<Will>) -> wasmtime::Result<Result<(), HostError>> {
         self.link()?;
         if let Some(will) = &will {

@@ -26,6 +26,9 @@ use crate::wasm::world;
 /// Longest protocol name a guest may report.
 const MAX_PROTOCOL_NAME: usize = 64;
 
+/// Most setting names a guest may declare.
+const MAX_SETTINGS: usize = 64;
+
 /// Everything host calls need to know about a protocol, shared by all its
 /// connections.
 pub struct ProtocolEnv {
@@ -43,6 +46,8 @@ pub struct ProtocolEnv {
     pub connections: ConnectionRegistry,
     /// Log bytes a guest may print per connection.
     pub guest_output_bytes: usize,
+    /// `[protocols.NAME.settings]` as name/value text.
+    pub settings: Vec<(String, String)>,
 }
 
 /// What `describe` returned, validated.
@@ -52,6 +57,8 @@ pub struct Description {
     pub version: String,
     pub framing: Framing,
     pub speaks_first: bool,
+    /// Setting names the guest understands.
+    pub settings: Vec<String>,
 }
 
 /// A loaded protocol, ready to serve connections.
@@ -93,6 +100,11 @@ pub enum LoadError {
     Link { protocol: String, path: PathBuf, message: String },
     #[error("protocol `{protocol}`: describe() failed: {message}")]
     Describe { protocol: String, message: String },
+    #[error(
+        "protocol `{protocol}`: unknown setting `protocols.{protocol}.settings.{setting}` (the guest understands: {})",
+        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+    )]
+    UnknownSetting { protocol: String, setting: String, known: Vec<String> },
 }
 
 /// The linker every guest is instantiated with: WASI (restricted by the
@@ -166,6 +178,7 @@ impl Protocol {
                 version: String::new(),
                 framing: Framing::Guest,
                 speaks_first: false,
+                settings: Vec::new(),
             },
             sha256,
             imports: world::imports(engine, &component),
@@ -173,6 +186,14 @@ impl Protocol {
             pre,
         };
         protocol.description = protocol.describe().await?;
+        let known = &protocol.description.settings;
+        if let Some((setting, _)) = protocol.env.settings.iter().find(|(name, _)| !known.contains(name)) {
+            return Err(LoadError::UnknownSetting {
+                protocol: protocol.env.name.to_string(),
+                setting: setting.clone(),
+                known: known.clone(),
+            });
+        }
         Ok(protocol)
     }
 
@@ -188,7 +209,16 @@ impl Protocol {
         let framing = Framing::from_declared(&info.framing).map_err(|e| describe_error(e.to_string()))?;
         let mut version = info.version;
         version.truncate(version.floor_char_boundary(MAX_PROTOCOL_NAME));
-        Ok(Description { name: info.name, version, framing, speaks_first: info.speaks_first })
+        if info.settings.len() > MAX_SETTINGS || info.settings.iter().any(|s| s.len() > MAX_PROTOCOL_NAME) {
+            return Err(describe_error(format!("at most {MAX_SETTINGS} settings of 1 to {MAX_PROTOCOL_NAME} bytes")));
+        }
+        Ok(Description {
+            name: info.name,
+            version,
+            framing,
+            speaks_first: info.speaks_first,
+            settings: info.settings,
+        })
     }
 
     /// A fresh guest instance for connection `connection` (0 = none yet).
