@@ -68,11 +68,18 @@ pub fn validate_exact_or_glob(filter: &str) -> Result<(), TopicError> {
     check_common(filter)
 }
 
-/// Does the wildcard `filter` match `topic`? Both must be valid.
+/// Does the wildcard `filter` match `topic`? Both must be valid. A filter
+/// starting with a wildcard does not match a `$` topic (MQTT 4.7.2).
 pub fn matches(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
         return false;
     }
+    matches_levels(filter, topic)
+}
+
+/// Does `filter` match `topic` level by level, without the `$` rule? Grants
+/// use this: a grant of `#` allows `$SYS/...` too.
+pub fn matches_levels(filter: &str, topic: &str) -> bool {
     let mut topic_levels = topic.split('/');
     for filter_level in filter.split('/') {
         match filter_level {
@@ -127,7 +134,7 @@ pub fn covers_glob(outer: &str, pattern: &str) -> bool {
         return true;
     }
     let Some(base) = outer.strip_suffix("/#") else {
-        return !pattern.contains(['*', '?', '[', '\\']) && matches(outer, pattern);
+        return !pattern.contains(['*', '?', '[', '\\']) && matches_levels(outer, pattern);
     };
     if base.split('/').any(|level| level == "+") {
         return false;

@@ -101,18 +101,18 @@ impl Handler for Mqtt {
         let mut out = Vec::new();
         CONN.with_borrow_mut(|conn| {
             if conn.phase == Phase::Connected && conn.v5() {
-                let code = match reason {
-                    CloseReason::SessionTakenOver => Some(reason::SESSION_TAKEN_OVER),
-                    CloseReason::IdleTimeout => Some(reason::KEEP_ALIVE_TIMEOUT),
-                    CloseReason::ServerShutdown => Some(reason::SERVER_SHUTTING_DOWN),
-                    CloseReason::SlowConsumer => Some(reason::QUOTA_EXCEEDED),
-                    CloseReason::FrameTooLarge => Some(reason::PACKET_TOO_LARGE),
-                    CloseReason::ProtocolError(_) => Some(reason::MALFORMED_PACKET),
-                    CloseReason::ClosedByRequest => Some(reason::ADMINISTRATIVE_ACTION),
+                let told = match reason {
+                    CloseReason::SessionTakenOver => Some((reason::SESSION_TAKEN_OVER, "session taken over")),
+                    CloseReason::IdleTimeout => Some((reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout")),
+                    CloseReason::ServerShutdown => Some((reason::SERVER_SHUTTING_DOWN, "server shutting down")),
+                    CloseReason::SlowConsumer => Some((reason::QUOTA_EXCEEDED, "deliveries not read in time")),
+                    CloseReason::FrameTooLarge => Some((reason::PACKET_TOO_LARGE, "packet too large")),
+                    CloseReason::ProtocolError(_) => Some((reason::MALFORMED_PACKET, "malformed packet")),
+                    CloseReason::ClosedByRequest => Some((reason::ADMINISTRATIVE_ACTION, "closed by request")),
                     CloseReason::PeerClosed | CloseReason::GuestClosed => None,
                 };
-                if let Some(code) = code {
-                    packets::put_disconnect(&mut out, code, None);
+                if let Some((code, text)) = told {
+                    packets::put_disconnect(&mut out, code, text);
                 }
             }
             conn.phase = Phase::Closed;
@@ -132,7 +132,7 @@ fn handle_frames(conn: &mut Conn, frames: &[Vec<u8>], out: &mut Vec<u8>) -> Resu
         if let Err(error) = handle(conn, frame, out) {
             // MQTT 5 clients learn why (4.13); 3.1.1 ones just see the close.
             if conn.phase == Phase::Connected && conn.v5() {
-                packets::put_disconnect(out, error.code, Some(&error.text));
+                packets::put_disconnect(out, error.code, &error.text);
             }
             conn.phase = Phase::Closed;
             return Err(error);

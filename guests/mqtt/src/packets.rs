@@ -274,12 +274,12 @@ pub fn put_sub_ack(out: &mut Vec<u8>, packet: u8, id: u16, v5: bool, codes: &[u8
     put_packet(out, packet << 4, &body);
 }
 
-/// A server DISCONNECT (5.0 3.14), with a reason string when allowed.
-pub fn put_disconnect(out: &mut Vec<u8>, code: u8, reason: Option<&str>) {
+/// A server DISCONNECT (5.0 3.14). A reason string is always worth sending:
+/// some clients (paho-mqtt 2.1) ignore the reason code of a DISCONNECT shorter
+/// than three bytes.
+pub fn put_disconnect(out: &mut Vec<u8>, code: u8, reason: &str) {
     let mut properties = PropertyWriter::default();
-    if let Some(reason) = reason {
-        properties.string(id::REASON_STRING, reason);
-    }
+    properties.string(id::REASON_STRING, reason);
     let mut body = vec![code];
     properties.write_to(&mut body);
     put_packet(out, kind::DISCONNECT << 4, &body);

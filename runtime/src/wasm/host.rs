@@ -72,7 +72,7 @@ impl GuestState {
         if message.headers.len() > MAX_HEADERS {
             return Err(invalid(format!("more than {MAX_HEADERS} headers")));
         }
-        if !self.env.grants.publish.iter().any(|grant| topic::matches(grant, &message.topic)) {
+        if !self.env.grants.publish.iter().any(|grant| topic::matches_levels(grant, &message.topic)) {
             return Err(HostError {
                 code: ErrorCode::NotAuthorized,
                 message: format!("publishing to `{}` is not granted", message.topic),
@@ -91,7 +91,7 @@ impl GuestState {
         let grants = &self.env.grants.subscribe;
         let granted = match kind {
             FilterKind::Wildcard => grants.iter().any(|g| topic::covers(g, filter)),
-            FilterKind::Exact => grants.iter().any(|g| topic::matches(g, filter)),
+            FilterKind::Exact => grants.iter().any(|g| topic::matches_levels(g, filter)),
             FilterKind::Glob => grants.iter().any(|g| topic::covers_glob(g, filter)),
         };
         if !granted {
