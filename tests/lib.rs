@@ -299,7 +299,21 @@ pub async fn python_scenario(script: &str, name: &str, port: u16) {
 /// Start a reference server (Debian's nats-server, redis-server...) on a
 /// free loopback port; `args` may use `{port}`. Waits until it accepts.
 pub async fn reference_server(program: &str, args: &[&str]) -> (tokio::process::Child, std::net::SocketAddr) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    reference_server_on(free_port(), program, args).await
+}
+
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// [`reference_server`] on a port the caller chose (for servers configured
+/// by a file that names it).
+pub async fn reference_server_on(
+    port: u16,
+    program: &str,
+    args: &[&str],
+) -> (tokio::process::Child, std::net::SocketAddr) {
     let args: Vec<String> = args.iter().map(|a| a.replace("{port}", &port.to_string())).collect();
     let child = tokio::process::Command::new(program)
         .args(&args)

@@ -1,13 +1,12 @@
 """MQTT scenarios run with the Eclipse Paho Python client (paho-mqtt 2.x).
 
-Usage: mqtt_checks.py SCENARIO PORT. Exits 0 and prints "ok" when the
-scenario passes; anything else is a failure message. The scenarios marked
-as common hold for any conforming broker: the test suite also runs them
-against Debian's mosquitto, so they check the specification rather than
-sandport's reading of it.
+Usage: mqtt_checks.py SCENARIO PORT [lenient]. Exits 0 and prints "ok" when
+the scenario passes; anything else is a failure message. SCENARIO "common"
+runs every scenario in COMMON: those hold for any conforming broker, and the
+test suite also runs them against Debian's mosquitto (with "lenient"), so
+they check the specification rather than sandport's reading of it.
 """
 
-import os
 import queue
 import random
 import socket
@@ -28,7 +27,7 @@ VERSIONS = {3: mqtt.MQTTv31, 4: mqtt.MQTTv311, 5: mqtt.MQTTv5}
 # Strict checks hold for sandport; Debian's mosquitto 2.0.11 skips a few MUSTs
 # (it closes without DISCONNECT 0x8E on takeover or 0x94 on a bad topic
 # alias, and checks keep-alives only every few seconds).
-STRICT = os.environ.get("MQTT_CHECKS_STRICT") == "1"
+STRICT = sys.argv[3:] != ["lenient"]
 
 # Topics and client ids are unique per run, so scenarios sharing a broker
 # (or a broker with stored state) do not see each other.
@@ -334,7 +333,7 @@ def keepalive_will(port):
     will = {"topic": topic("ka"), "payload": b"keepalive expired", "qos": 1}
     silent = Conn(port, client_id=cid("silent"), version=4, keepalive=1, will=will, loop=False)
     start = time.time()
-    [m] = watcher.take(1, timeout=6)
+    [m] = watcher.take(1, timeout=6 if STRICT else 12)
     waited = time.time() - start
     assert m.payload == b"keepalive expired"
     assert 1.0 <= waited <= (3.0 if STRICT else 8.0), f"closed after {waited:.1f}s for a 1s keep-alive"
@@ -687,9 +686,9 @@ def restart_after(port):
     session = props(PacketTypes.CONNECT, SessionExpiryInterval=3600)
     sub = Conn(port, client_id="restart-sub", version=5, clean=False, properties=session)
     assert sub.session_present, "the v5 session survived the restart"
-    got = sub.take(5)
-    assert [m.payload for m in got] == [f"m{i}".encode() for i in range(5)], [m.payload for m in got]
-    assert [m.qos for m in got] == [1, 2, 1, 2, 1], [m.qos for m in got]
+    # paho hands QoS 2 messages over at PUBREL, so the two QoS levels interleave.
+    got = sorted(sub.take(5), key=lambda m: m.payload)
+    assert [(m.payload, m.qos) for m in got] == [(f"m{i}".encode(), 2 if i % 2 else 1) for i in range(5)], got
     assert all(m.properties.SubscriptionIdentifier == [42] for m in got), got[0].properties
     old = Conn(port, client_id="restart-old", version=4, clean=False)
     assert old.session_present, "the 3.1.1 session survived the restart"
