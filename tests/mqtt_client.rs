@@ -1,5 +1,5 @@
-//! A minimal MQTT 3.1.1 client over a raw socket, for tests that need
-//! byte-level control (malformed packets, exact flags, packet ids).
+//! A minimal MQTT 3.1.1 and 5.0 client over a raw socket, for tests that
+//! need byte-level control (malformed packets, exact flags, packet ids).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -49,6 +49,55 @@ pub fn connect(client_id: &str, keep_alive: u16, clean: bool, will: Option<(&str
         put_string(&mut body, message);
     }
     packet(0x10, &body)
+}
+
+/// Append a variable byte integer.
+pub fn put_varint(out: &mut Vec<u8>, mut value: usize) {
+    loop {
+        let byte = (value % 128) as u8;
+        value /= 128;
+        out.push(if value > 0 { byte | 0x80 } else { byte });
+        if value == 0 {
+            return;
+        }
+    }
+}
+
+/// CONNECT with level 5 and raw `properties` (without their length).
+pub fn connect_v5(client_id: &str, clean: bool, properties: &[u8]) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, if clean { 0x02 } else { 0 }, 0, 60];
+    put_varint(&mut body, properties.len());
+    body.extend_from_slice(properties);
+    put_string(&mut body, client_id);
+    packet(0x10, &body)
+}
+
+/// A level-5 PUBLISH with raw `properties` (without their length).
+pub fn publish_v5(topic: &str, qos: u8, packet_id: u16, dup: bool, properties: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    put_string(&mut body, topic);
+    if qos > 0 {
+        body.extend_from_slice(&packet_id.to_be_bytes());
+    }
+    put_varint(&mut body, properties.len());
+    body.extend_from_slice(properties);
+    body.extend_from_slice(payload);
+    packet(0x30 | if dup { 0x08 } else { 0 } | (qos << 1), &body)
+}
+
+/// A level-5 SUBSCRIBE to one filter with an options byte and no properties.
+pub fn subscribe_v5(packet_id: u16, filter: &str, options: u8) -> Vec<u8> {
+    let mut body = packet_id.to_be_bytes().to_vec();
+    body.push(0);
+    put_string(&mut body, filter);
+    body.push(options);
+    packet(0x82, &body)
+}
+
+/// PUBACK, PUBREC, PUBREL or PUBCOMP (`kind` 4 to 7) without reason code.
+pub fn ack(kind: u8, packet_id: u16) -> Vec<u8> {
+    let first = (kind << 4) | if kind == 6 { 0b0010 } else { 0 };
+    packet(first, &packet_id.to_be_bytes())
 }
 
 /// SUBSCRIBE to one filter.
@@ -113,6 +162,15 @@ impl RawClient {
         let connack = client.read(4).await;
         assert_eq!((connack[0], connack[1], connack[3]), (0x20, 2, 0), "CONNACK accepted");
         (client, connack[2] == 1)
+    }
+
+    /// Connect at level 5; returns the client and the whole CONNACK packet.
+    pub async fn connect_v5(addr: SocketAddr, client_id: &str, clean: bool, properties: &[u8]) -> (RawClient, Vec<u8>) {
+        let mut client = RawClient::connect(addr).await;
+        client.send(&connect_v5(client_id, clean, properties)).await;
+        let connack = client.packet_within(WAIT).await.expect("CONNACK");
+        assert_eq!((connack[0], connack.get(3)), (0x20, Some(&0)), "CONNACK accepted: {connack:?}");
+        (client, connack)
     }
 
     /// Connect with a clean session.

@@ -105,6 +105,25 @@ async fn bad_configs_name_the_key() {
     assert!(stderr.contains("protocols.echo.limits.call_deadline_ms"), "{stderr}");
     let stderr = run_fails_with(&GOOD.replace(r#"engine = "memory""#, r#"engine = "cassandra""#)).await;
     assert!(stderr.contains("engine"), "{stderr}");
+    let stderr = run_fails_with(&format!("{GOOD}\n[protocols.echo.settings]\nlevels = [1, 2]\n")).await;
+    assert!(stderr.contains("protocols.echo.settings.levels"), "{stderr}");
+    let websocket_only = GOOD.replace("protocols = [\"echo\"]", "protocols = [\"echo\"]\nsubprotocols = [\"echo\"]");
+    let stderr = run_fails_with(&websocket_only).await;
+    assert!(stderr.contains("listeners[0].subprotocols"), "{stderr}");
+}
+
+#[tokio::test]
+async fn settings_a_guest_does_not_know_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("settings.toml");
+    let config = GOOD.replace("{echo}", "{mqtt}").replace("echo", "mqtt");
+    let config = format!("{config}\n[protocols.mqtt.settings]\nreceive_maximum = 10\ntopic_alias_max = 5\n");
+    std::fs::write(&path, with_guest_paths(&config)).unwrap();
+    let (ok, _, stderr) = sandport(&["run", "--config", &path_str(&path)]).await;
+    assert!(!ok);
+    assert!(stderr.contains("unknown setting `protocols.mqtt.settings.topic_alias_max`"), "{stderr}");
+    assert!(stderr.contains("receive_maximum, topic_alias_maximum, max_keep_alive"), "{stderr}");
+    assert!(!stderr.contains("listening"), "{stderr}");
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! The MQTT 3.1.1 guest with Debian's `mosquitto_pub` / `mosquitto_sub`
+//! The MQTT guest with Debian's `mosquitto_pub` / `mosquitto_sub`
 //! and with hand-built packets for the protocol's edge cases.
 
 use std::time::Duration;
@@ -220,5 +220,29 @@ async fn keep_alive_is_enforced_at_one_and_a_half_periods() {
     assert!(client.closed().await.is_empty());
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(1400) && waited < Duration::from_secs(5), "{waited:?}");
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_tools_speak_mqtt5_and_mqtt31() {
+    let broker = TestBroker::start(CONFIG).await;
+    let format = "%t|%p|%q|%C|%P|%R|%E|%S|%F";
+    let sub = mosquitto_sub(
+        &broker,
+        "five/#",
+        2,
+        &["-V", "5", "-q", "2", "-F", format, "-D", "subscribe", "subscription-identifier", "5"],
+    );
+    broker.wait_subscriptions(1).await;
+    let properties = [
+        "-V", "5", "-q", "2", "-D", "publish", "user-property", "k", "v", "-D", "publish", "content-type",
+        "text/x", "-D", "publish", "response-topic", "reply/to", "-D", "publish", "message-expiry-interval",
+        "100", "-D", "publish", "payload-format-indicator", "1",
+    ];
+    mosquitto_pub(&broker, "five/a", "hello", &properties).await;
+    mosquitto_pub(&broker, "five/b", "from 3.1", &["-V", "31", "-q", "1"]).await;
+    let lines = output_of(sub).await;
+    assert_eq!(lines[0], "five/a|hello|2|text/x|k:v|reply/to|100|5|1");
+    assert_eq!(lines[1], "five/b|from 3.1|1|||||5|");
     broker.shutdown().await;
 }
