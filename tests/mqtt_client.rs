@@ -73,7 +73,14 @@ pub fn connect_v5(client_id: &str, clean: bool, properties: &[u8]) -> Vec<u8> {
 }
 
 /// A level-5 PUBLISH with raw `properties` (without their length).
-pub fn publish_v5(topic: &str, qos: u8, packet_id: u16, dup: bool, properties: &[u8], payload: &[u8]) -> Vec<u8> {
+pub fn publish_v5(
+    topic: &str,
+    qos: u8,
+    packet_id: u16,
+    dup: bool,
+    properties: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
     let mut body = Vec::new();
     put_string(&mut body, topic);
     if qos > 0 {
@@ -165,7 +172,12 @@ impl RawClient {
     }
 
     /// Connect at level 5; returns the client and the whole CONNACK packet.
-    pub async fn connect_v5(addr: SocketAddr, client_id: &str, clean: bool, properties: &[u8]) -> (RawClient, Vec<u8>) {
+    pub async fn connect_v5(
+        addr: SocketAddr,
+        client_id: &str,
+        clean: bool,
+        properties: &[u8],
+    ) -> (RawClient, Vec<u8>) {
         let mut client = RawClient::connect(addr).await;
         client.send(&connect_v5(client_id, clean, properties)).await;
         let connack = client.packet_within(WAIT).await.expect("CONNACK");

@@ -107,7 +107,8 @@ async fn bad_configs_name_the_key() {
     assert!(stderr.contains("engine"), "{stderr}");
     let stderr = run_fails_with(&format!("{GOOD}\n[protocols.echo.settings]\nlevels = [1, 2]\n")).await;
     assert!(stderr.contains("protocols.echo.settings.levels"), "{stderr}");
-    let websocket_only = GOOD.replace("protocols = [\"echo\"]", "protocols = [\"echo\"]\nsubprotocols = [\"echo\"]");
+    let websocket_only =
+        GOOD.replace("protocols = [\"echo\"]", "protocols = [\"echo\"]\nsubprotocols = [\"echo\"]");
     let stderr = run_fails_with(&websocket_only).await;
     assert!(stderr.contains("listeners[0].subprotocols"), "{stderr}");
 }

@@ -235,9 +235,31 @@ async fn mosquitto_tools_speak_mqtt5_and_mqtt31() {
     );
     broker.wait_subscriptions(1).await;
     let properties = [
-        "-V", "5", "-q", "2", "-D", "publish", "user-property", "k", "v", "-D", "publish", "content-type",
-        "text/x", "-D", "publish", "response-topic", "reply/to", "-D", "publish", "message-expiry-interval",
-        "100", "-D", "publish", "payload-format-indicator", "1",
+        "-V",
+        "5",
+        "-q",
+        "2",
+        "-D",
+        "publish",
+        "user-property",
+        "k",
+        "v",
+        "-D",
+        "publish",
+        "content-type",
+        "text/x",
+        "-D",
+        "publish",
+        "response-topic",
+        "reply/to",
+        "-D",
+        "publish",
+        "message-expiry-interval",
+        "100",
+        "-D",
+        "publish",
+        "payload-format-indicator",
+        "1",
     ];
     mosquitto_pub(&broker, "five/a", "hello", &properties).await;
     mosquitto_pub(&broker, "five/b", "from 3.1", &["-V", "31", "-q", "1"]).await;

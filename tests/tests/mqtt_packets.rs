@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use sandport_tests::mqtt::{RawClient, ack, connect, connect_v5, packet, publish_v5, subscribe, subscribe_v5};
+use sandport_tests::mqtt::{
+    RawClient, ack, connect, connect_v5, packet, publish_v5, subscribe, subscribe_v5,
+};
 use sandport_tests::{TestBroker, WAIT};
 
 const CONFIG: &str = r#"
@@ -62,7 +64,8 @@ async fn inbound_qos2_is_published_once_even_across_reconnects() {
     watcher.send(&subscribe(1, "q2/#", 2)).await;
     assert_eq!(watcher.read(5).await, [0x90, 3, 0, 1, 2]);
 
-    let (mut publisher, _) = RawClient::connect_v5(broker.addr("mqtt"), "pub-q2", true, &session_expiry(60)).await;
+    let (mut publisher, _) =
+        RawClient::connect_v5(broker.addr("mqtt"), "pub-q2", true, &session_expiry(60)).await;
     let message = publish_v5("q2/a", 2, 10, false, &[], b"exactly once");
     publisher.send(&message).await;
     assert_eq!(publisher.read(4).await, [0x50, 2, 0, 10], "PUBREC");
@@ -96,7 +99,8 @@ async fn inbound_qos2_is_published_once_even_across_reconnects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_qos2_resumes_with_pubrel_after_reconnect() {
     let broker = TestBroker::start(CONFIG).await;
-    let (mut receiver, _) = RawClient::connect_v5(broker.addr("mqtt"), "recv-q2", true, &session_expiry(60)).await;
+    let (mut receiver, _) =
+        RawClient::connect_v5(broker.addr("mqtt"), "recv-q2", true, &session_expiry(60)).await;
     receiver.send(&subscribe_v5(1, "out2/#", 2)).await;
     assert_eq!(receiver.read(6).await, [0x90, 4, 0, 1, 0, 2]);
     let (mut sender, _) = RawClient::connect_v5(broker.addr("mqtt"), "send-q2", true, &[]).await;

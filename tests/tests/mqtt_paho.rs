@@ -80,7 +80,8 @@ async fn common_scenarios_also_pass_on_mosquitto() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("mosquitto.conf");
     let port = free_port();
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")).unwrap();
+    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"))
+        .unwrap();
     let program = if Path::new("/usr/sbin/mosquitto").exists() { "/usr/sbin/mosquitto" } else { "mosquitto" };
     let (_server, _) = reference_server_on(port, program, &["-c", &conf.display().to_string()]).await;
     let script = sandport_tests::workspace_root().join("tests/python/mqtt_checks.py");

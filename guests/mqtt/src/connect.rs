@@ -149,7 +149,7 @@ pub fn on_connect(conn: &mut Conn, flags: u8, body: &[u8], out: &mut Vec<u8>) ->
             };
             let (identifier, retain_as_published) = saved.get(&subscription.id).copied().unwrap_or_default();
             let meta = SubscriptionMeta { host_id: subscription.id, identifier, retain_as_published };
-            conn.subscriptions.insert(filter, meta);
+            conn.add_subscription(filter, meta);
         }
         conn.restore_qos2()
     } else {

@@ -68,7 +68,9 @@ impl Handler for Mqtt {
     }
 
     fn on_open(info: ConnectionInfo) {
-        CONN.with_borrow_mut(|conn| conn.limits = Limits::from_settings(&info.settings, info.max_frame_bytes));
+        CONN.with_borrow_mut(|conn| {
+            conn.limits = Limits::from_settings(&info.settings, info.max_frame_bytes)
+        });
     }
 
     fn on_frames(frames: Vec<Vec<u8>>) -> Result<(), String> {
@@ -104,11 +106,17 @@ impl Handler for Mqtt {
                 let told = match reason {
                     CloseReason::SessionTakenOver => Some((reason::SESSION_TAKEN_OVER, "session taken over")),
                     CloseReason::IdleTimeout => Some((reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout")),
-                    CloseReason::ServerShutdown => Some((reason::SERVER_SHUTTING_DOWN, "server shutting down")),
-                    CloseReason::SlowConsumer => Some((reason::QUOTA_EXCEEDED, "deliveries not read in time")),
+                    CloseReason::ServerShutdown => {
+                        Some((reason::SERVER_SHUTTING_DOWN, "server shutting down"))
+                    }
+                    CloseReason::SlowConsumer => {
+                        Some((reason::QUOTA_EXCEEDED, "deliveries not read in time"))
+                    }
                     CloseReason::FrameTooLarge => Some((reason::PACKET_TOO_LARGE, "packet too large")),
                     CloseReason::ProtocolError(_) => Some((reason::MALFORMED_PACKET, "malformed packet")),
-                    CloseReason::ClosedByRequest => Some((reason::ADMINISTRATIVE_ACTION, "closed by request")),
+                    CloseReason::ClosedByRequest => {
+                        Some((reason::ADMINISTRATIVE_ACTION, "closed by request"))
+                    }
                     CloseReason::PeerClosed | CloseReason::GuestClosed => None,
                 };
                 if let Some((code, text)) = told {

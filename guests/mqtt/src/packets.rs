@@ -207,7 +207,13 @@ pub fn unsubscribe(flags: u8, body: &[u8], v5: bool) -> Result<(u16, Vec<&str>),
 }
 
 /// Decode PUBACK, PUBREC, PUBREL or PUBCOMP: packet id and reason code.
-pub fn ack(flags: u8, expected_flags: u8, body: &[u8], v5: bool, packet: &str) -> Result<(u16, u8), MqttError> {
+pub fn ack(
+    flags: u8,
+    expected_flags: u8,
+    body: &[u8],
+    v5: bool,
+    packet: &str,
+) -> Result<(u16, u8), MqttError> {
     expect_flags(flags, expected_flags, packet)?;
     let mut r = Reader::new(body);
     let id = packet_id(&mut r, packet)?;
@@ -226,8 +232,11 @@ pub fn disconnect(flags: u8, body: &[u8], v5: bool) -> Result<(u8, Properties), 
     expect_flags(flags, 0, "DISCONNECT")?;
     let mut r = Reader::new(body);
     let code = if v5 && !r.is_empty() { r.u8()? } else { crate::reason::SUCCESS };
-    let properties =
-        if v5 && !r.is_empty() { Properties::decode(&mut r, Context::Disconnect)? } else { Properties::default() };
+    let properties = if v5 && !r.is_empty() {
+        Properties::decode(&mut r, Context::Disconnect)?
+    } else {
+        Properties::default()
+    };
     if !r.is_empty() {
         return Err(MqttError::malformed("bytes after the DISCONNECT"));
     }
@@ -242,7 +251,13 @@ pub fn expect_flags(flags: u8, expected: u8, packet: &str) -> Result<(), MqttErr
 }
 
 /// CONNACK (3.2). `properties` are written only at level 5.
-pub fn put_connack(out: &mut Vec<u8>, v5: bool, session_present: bool, code: u8, properties: &PropertyWriter) {
+pub fn put_connack(
+    out: &mut Vec<u8>,
+    v5: bool,
+    session_present: bool,
+    code: u8,
+    properties: &PropertyWriter,
+) {
     let mut body = vec![u8::from(session_present), code];
     if v5 {
         properties.write_to(&mut body);
@@ -318,7 +333,9 @@ impl OutgoingPublish<'_> {
     pub fn write(&self, out: &mut Vec<u8>) {
         let body = self.body_len();
         out.reserve(1 + varint_len(body) + body);
-        out.push((kind::PUBLISH << 4) | if self.dup { 0x08 } else { 0 } | (self.qos << 1) | u8::from(self.retain));
+        out.push(
+            (kind::PUBLISH << 4) | if self.dup { 0x08 } else { 0 } | (self.qos << 1) | u8::from(self.retain),
+        );
         put_varint(out, body);
         put_binary(out, self.topic.as_bytes());
         if let Some(id) = self.packet_id {

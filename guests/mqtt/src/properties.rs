@@ -155,7 +155,9 @@ impl Properties {
                     once(&mut p.subscription_id, value, "subscription identifier")?
                 }
                 id::SESSION_EXPIRY => once(&mut p.session_expiry, r.u32()?, "session expiry")?,
-                id::AUTH_METHOD => once(&mut p.auth_method, r.string()?.to_string(), "authentication method")?,
+                id::AUTH_METHOD => {
+                    once(&mut p.auth_method, r.string()?.to_string(), "authentication method")?
+                }
                 id::AUTH_DATA => {
                     r.binary()?;
                 }
@@ -313,6 +315,9 @@ mod tests {
         let unknown = [2u8, 0x7f, 0];
         let error = Properties::decode(&mut Reader::new(&unknown), Context::Publish).unwrap_err();
         assert_eq!(error.code, crate::reason::PROTOCOL_ERROR);
-        assert!(Properties::decode(&mut Reader::new(&[5u8, 0x02, 0]), Context::Publish).is_err(), "truncated");
+        assert!(
+            Properties::decode(&mut Reader::new(&[5u8, 0x02, 0]), Context::Publish).is_err(),
+            "truncated"
+        );
     }
 }

@@ -16,7 +16,7 @@ use crate::error::MqttError;
 use crate::packets::{self, OutgoingPublish};
 use crate::properties::{Properties, PropertyWriter, id};
 use crate::reason;
-use crate::state::{Conn, Outbound, Stage};
+use crate::state::{Awaiting, Conn, Outbound};
 
 pub fn qos_from(level: u8) -> Qos {
     match level {
@@ -59,7 +59,10 @@ fn resolve_topic(conn: &mut Conn, topic: &str, alias: Option<u16>) -> Result<Str
         return Ok(topic.to_string());
     };
     if alias == 0 || alias > conn.limits.topic_alias_maximum {
-        return Err(MqttError::new(reason::TOPIC_ALIAS_INVALID, format!("topic alias {alias} is out of range")));
+        return Err(MqttError::new(
+            reason::TOPIC_ALIAS_INVALID,
+            format!("topic alias {alias} is out of range"),
+        ));
     }
     if topic.is_empty() {
         return conn
@@ -86,7 +89,10 @@ pub fn on_publish(conn: &mut Conn, flags: u8, body: &[u8], out: &mut Vec<u8>) ->
         return Ok(());
     }
     if publish.qos == 2 && conn.inbound_qos2.len() >= usize::from(conn.limits.receive_maximum) {
-        return Err(MqttError::new(reason::RECEIVE_MAXIMUM_EXCEEDED, "more unreleased QoS 2 messages than allowed"));
+        return Err(MqttError::new(
+            reason::RECEIVE_MAXIMUM_EXCEEDED,
+            "more unreleased QoS 2 messages than allowed",
+        ));
     }
 
     let message = message_from(&topic, publish.payload, publish.qos, publish.retain, &publish.properties);
@@ -100,7 +106,10 @@ pub fn on_publish(conn: &mut Conn, flags: u8, body: &[u8], out: &mut Vec<u8>) ->
             Err(e) => {
                 let code = match e.code {
                     ErrorCode::Invalid => {
-                        return Err(MqttError::new(reason::TOPIC_NAME_INVALID, format!("PUBLISH refused: {}", e.message)));
+                        return Err(MqttError::new(
+                            reason::TOPIC_NAME_INVALID,
+                            format!("PUBLISH refused: {}", e.message),
+                        ));
                     }
                     ErrorCode::NotAuthorized => reason::NOT_AUTHORIZED,
                     ErrorCode::QuotaExceeded => reason::QUOTA_EXCEEDED,
@@ -145,7 +154,7 @@ pub fn on_pubrel(conn: &mut Conn, flags: u8, body: &[u8], out: &mut Vec<u8>) -> 
 pub fn on_puback(conn: &mut Conn, flags: u8, body: &[u8]) -> Result<(), MqttError> {
     let (packet_id, _) = packets::ack(flags, 0, body, conn.v5(), "PUBACK")?;
     if let Some(exchange) = conn.outbound.get(&packet_id).copied()
-        && exchange.stage == Stage::AwaitAck
+        && exchange.awaiting == Awaiting::Puback
     {
         conn.outbound.remove(&packet_id);
         if let Some(delivery) = exchange.delivery {
@@ -171,7 +180,7 @@ pub fn on_pubrec(conn: &mut Conn, flags: u8, body: &[u8], out: &mut Vec<u8>) -> 
         conn.outbound.remove(&packet_id);
         return Ok(());
     }
-    conn.outbound.insert(packet_id, Outbound { delivery: None, stage: Stage::AwaitComp });
+    conn.outbound.insert(packet_id, Outbound { delivery: None, awaiting: Awaiting::Pubcomp });
     conn.save_pubrel();
     packets::put_ack(out, kind::PUBREL, packet_id, v5, reason::SUCCESS);
     Ok(())
@@ -180,7 +189,7 @@ pub fn on_pubrec(conn: &mut Conn, flags: u8, body: &[u8], out: &mut Vec<u8>) -> 
 /// PUBCOMP: the QoS 2 exchange is complete.
 pub fn on_pubcomp(conn: &mut Conn, flags: u8, body: &[u8]) -> Result<(), MqttError> {
     let (packet_id, _) = packets::ack(flags, 0, body, conn.v5(), "PUBCOMP")?;
-    if conn.outbound.get(&packet_id).is_some_and(|o| o.stage == Stage::AwaitComp) {
+    if conn.outbound.get(&packet_id).is_some_and(|o| o.awaiting == Awaiting::Pubcomp) {
         conn.outbound.remove(&packet_id);
         conn.save_pubrel();
     }
@@ -266,7 +275,7 @@ pub fn deliver(conn: &mut Conn, delivery: Delivery, out: &mut Vec<u8>) {
         conn.aliases_out.insert(message.topic.clone(), alias);
     }
     if let (Some(packet_id), Some(id)) = (packet_id, delivery.id) {
-        let stage = if qos == 2 { Stage::AwaitRec } else { Stage::AwaitAck };
-        conn.outbound.insert(packet_id, Outbound { delivery: Some(id), stage });
+        let awaiting = if qos == 2 { Awaiting::Pubrec } else { Awaiting::Puback };
+        conn.outbound.insert(packet_id, Outbound { delivery: Some(id), awaiting });
     }
 }

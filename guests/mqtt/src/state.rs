@@ -28,7 +28,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { receive_maximum: 65_535, topic_alias_maximum: 10, max_keep_alive: 0, maximum_packet_size: 1 << 20 }
+        Self {
+            receive_maximum: 65_535,
+            topic_alias_maximum: 10,
+            max_keep_alive: 0,
+            maximum_packet_size: 1 << 20,
+        }
     }
 }
 
@@ -72,13 +77,13 @@ pub enum Phase {
 
 /// Progress of a QoS 1 or 2 PUBLISH sent to the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
+pub enum Awaiting {
     /// QoS 1, waiting for PUBACK.
-    AwaitAck,
+    Puback,
     /// QoS 2, waiting for PUBREC.
-    AwaitRec,
+    Pubrec,
     /// QoS 2, PUBREL sent, waiting for PUBCOMP (the host already has its ack).
-    AwaitComp,
+    Pubcomp,
 }
 
 /// One outgoing exchange, by packet id.
@@ -86,7 +91,7 @@ pub enum Stage {
 pub struct Outbound {
     /// The host's delivery id, until it is acknowledged.
     pub delivery: Option<u64>,
-    pub stage: Stage,
+    pub awaiting: Awaiting,
 }
 
 /// What the guest knows about one subscription beyond what the host keeps.
@@ -122,8 +127,10 @@ pub struct Conn {
     pub aliases_in: HashMap<u16, String>,
     /// Topic aliases the server set.
     pub aliases_out: HashMap<String, u16>,
-    /// Subscriptions by the filter as the client wrote it.
-    pub subscriptions: HashMap<String, SubscriptionMeta>,
+    /// Subscriptions: host id by the filter as the client wrote it, and
+    /// what the guest knows about each by host id (looked up per delivery).
+    filters: HashMap<String, u32>,
+    subscriptions: HashMap<u32, SubscriptionMeta>,
 }
 
 /// Session key-value keys.
@@ -138,7 +145,19 @@ impl Conn {
 
     /// The subscription `host_id` belongs to, if the connection knows it.
     pub fn subscription(&self, host_id: u32) -> Option<&SubscriptionMeta> {
-        self.subscriptions.values().find(|meta| meta.host_id == host_id)
+        self.subscriptions.get(&host_id)
+    }
+
+    /// Record the subscription made for `filter`.
+    pub fn add_subscription(&mut self, filter: String, meta: SubscriptionMeta) {
+        self.filters.insert(filter, meta.host_id);
+        self.subscriptions.insert(meta.host_id, meta);
+    }
+
+    /// Forget the subscription of `filter`, returning it.
+    pub fn remove_subscription(&mut self, filter: &str) -> Option<SubscriptionMeta> {
+        let host_id = self.filters.remove(filter)?;
+        self.subscriptions.remove(&host_id)
     }
 
     /// A free packet id for delivery `delivery`: derived from the delivery id,
@@ -203,7 +222,7 @@ impl Conn {
     }
 
     pub fn save_pubrel(&self) {
-        let ids = self.outbound.iter().filter(|(_, o)| o.stage == Stage::AwaitComp).map(|(id, _)| *id);
+        let ids = self.outbound.iter().filter(|(_, o)| o.awaiting == Awaiting::Pubcomp).map(|(id, _)| *id);
         self.save(KEY_PUBREL, encode_ids(ids));
     }
 
@@ -213,7 +232,7 @@ impl Conn {
         self.inbound_qos2 = decode_ids(&Self::load(KEY_QOS2_IN)).collect();
         let pubrel: Vec<u16> = decode_ids(&Self::load(KEY_PUBREL)).collect();
         for id in &pubrel {
-            self.outbound.insert(*id, Outbound { delivery: None, stage: Stage::AwaitComp });
+            self.outbound.insert(*id, Outbound { delivery: None, awaiting: Awaiting::Pubcomp });
         }
         pubrel
     }
@@ -237,7 +256,7 @@ mod tests {
         assert_eq!(conn.packet_id_for(1), Some(1));
         assert_eq!(conn.packet_id_for(65_535), Some(65_535));
         assert_eq!(conn.packet_id_for(65_536), Some(1), "ids wrap past 65535 and skip 0");
-        conn.outbound.insert(1, Outbound { delivery: Some(1), stage: Stage::AwaitAck });
+        conn.outbound.insert(1, Outbound { delivery: Some(1), awaiting: Awaiting::Puback });
         assert_eq!(conn.packet_id_for(1), Some(1), "a redelivery keeps its id");
         assert_eq!(conn.packet_id_for(65_536), Some(2), "a collision takes the next free id");
     }

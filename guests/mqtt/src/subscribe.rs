@@ -52,7 +52,7 @@ fn subscribe_one(
     if group.is_some() && subscription.no_local {
         return Err(MqttError::protocol("no local set on a shared subscription"));
     }
-    let existing = conn.subscriptions.remove(subscription.filter);
+    let existing = conn.remove_subscription(subscription.filter);
     let retained = match (group, subscription.retain_handling) {
         // Retained messages are not sent for shared subscriptions.
         (Some(_), _) => RetainedHandling::Skip,
@@ -78,7 +78,7 @@ fn subscribe_one(
                 identifier,
                 retain_as_published: v5 && subscription.retain_as_published,
             };
-            conn.subscriptions.insert(subscription.filter.to_string(), meta);
+            conn.add_subscription(subscription.filter.to_string(), meta);
             Ok(subscription.qos)
         }
         Err(e) => {
@@ -102,7 +102,7 @@ pub fn on_unsubscribe(conn: &mut Conn, flags: u8, body: &[u8], out: &mut Vec<u8>
     let (packet_id, filters) = packets::unsubscribe(flags, body, v5)?;
     let codes: Vec<u8> = filters
         .iter()
-        .map(|filter| match conn.subscriptions.remove(*filter) {
+        .map(|filter| match conn.remove_subscription(filter) {
             Some(meta) => {
                 let _ = host::unsubscribe(meta.host_id);
                 reason::SUCCESS

@@ -18,9 +18,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{BrokerCore, VERSION};
+use crate::config::ListenerTransport;
 use crate::mailbox::{Kick, Mailbox, Routed};
 use crate::metrics::ProtocolMetrics;
-use crate::config::ListenerTransport;
 use crate::net::framing::{Framing, FramingError};
 use crate::net::probe;
 use crate::net::stream::BoxedStream;

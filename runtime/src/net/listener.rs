@@ -46,9 +46,10 @@ impl ListenerTask {
             probe_bytes: config.probe_bytes,
             probe_timeout: config.probe_timeout(),
             transport: config.transport,
-            subprotocols: config.subprotocols.clone().unwrap_or_else(|| {
-                candidates.iter().map(|p| p.description.name.clone()).collect()
-            }),
+            subprotocols: config
+                .subprotocols
+                .clone()
+                .unwrap_or_else(|| candidates.iter().map(|p| p.description.name.clone()).collect()),
             candidates,
             core,
             shutdown: shutdown.clone(),

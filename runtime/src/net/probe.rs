@@ -99,7 +99,10 @@ pub async fn choose(
 }
 
 async fn read_some(
-    stream: &mut (impl AsyncRead + Unpin), buffer: &mut BytesMut, limit: usize) -> std::io::Result<usize> {
+    stream: &mut (impl AsyncRead + Unpin),
+    buffer: &mut BytesMut,
+    limit: usize,
+) -> std::io::Result<usize> {
     let mut chunk = vec![0u8; limit - buffer.len()];
     let n = stream.read(&mut chunk).await?;
     buffer.extend_from_slice(&chunk[..n]);

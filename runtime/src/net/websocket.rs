@@ -48,6 +48,8 @@ pub async fn accept(
     timeout: Duration,
 ) -> Result<(DuplexStream, Option<String>), UpgradeError> {
     let mut chosen = None;
+    // The callback's signature is tungstenite's; its error is an HTTP response.
+    #[allow(clippy::result_large_err)]
     let callback = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
         let offered = offered_subprotocols(request);
         if offered.is_empty() {

@@ -210,7 +210,9 @@ impl Protocol {
         let mut version = info.version;
         version.truncate(version.floor_char_boundary(MAX_PROTOCOL_NAME));
         if info.settings.len() > MAX_SETTINGS || info.settings.iter().any(|s| s.len() > MAX_PROTOCOL_NAME) {
-            return Err(describe_error(format!("at most {MAX_SETTINGS} settings of 1 to {MAX_PROTOCOL_NAME} bytes")));
+            return Err(describe_error(format!(
+                "at most {MAX_SETTINGS} settings of 1 to {MAX_PROTOCOL_NAME} bytes"
+            )));
         }
         Ok(Description {
             name: info.name,
