@@ -36,6 +36,7 @@ counters! {
     faults_trap: "Guest traps (panics, unreachable, stack overflow).",
     faults_violation: "Guests stopped for breaking host rules (floods, bad calls).",
     framing_errors: "Connections closed for malformed or oversized frames.",
+    protocol_errors: "Connections the guest closed because a frame broke its protocol (`on-frames` error).",
 }
 
 impl ProtocolMetrics {

@@ -206,5 +206,9 @@ async fn v5_protocol_errors_are_explained_before_the_close() {
     client.read(4).await;
     client.send(&packet(0x82, &[0, 1])).await; // SUBSCRIBE without filters
     assert!(client.closed().await.is_empty());
+    // Each violation is counted (the oversized packet as a framing error);
+    // the refusals at CONNECT are answers, not violations, except receive maximum 0.
+    assert_eq!(broker.counter("mqtt", "protocol_errors"), 8);
+    assert_eq!(broker.counter("mqtt", "framing_errors"), 1);
     broker.shutdown().await;
 }

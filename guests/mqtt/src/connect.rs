@@ -3,7 +3,7 @@
 //! (3.1.1 section 3.1-3.2, 5.0 section 3.1-3.2).
 
 use sandport_guest::host;
-use sandport_guest::types::{Credentials, ErrorCode, SessionOptions, Will};
+use sandport_guest::types::{Credentials, ErrorCode, LogLevel, SessionOptions, Will};
 
 use crate::codec::Reader;
 use crate::error::MqttError;
@@ -19,7 +19,23 @@ const MAX_CLIENT_ID_31: usize = 23;
 /// Session expiry that means "never" (5.0 3.1.2.11.2).
 const NEVER_EXPIRES: u32 = u32::MAX;
 
-/// Refuse the CONNECT with a CONNACK in the client's version and close.
+/// Refuse a CONNECT the server will not serve (a policy answer, not a
+/// protocol error): CONNACK with the code, a log line, and close.
+fn decline(
+    conn: &mut Conn,
+    out: &mut Vec<u8>,
+    v3_code: u8,
+    v5_code: u8,
+    text: &str,
+) -> Result<(), MqttError> {
+    refuse(conn, out, v3_code, v5_code, text);
+    host::log(LogLevel::Info, &format!("CONNECT refused: {text}"));
+    host::close(text);
+    Ok(())
+}
+
+/// Answer a CONNECT with a failure CONNACK in the client's version; the
+/// returned error closes the connection.
 fn refuse(conn: &mut Conn, out: &mut Vec<u8>, v3_code: u8, v5_code: u8, text: &str) -> MqttError {
     let v5 = conn.level == LEVEL_5;
     let mut properties = PropertyWriter::default();
@@ -42,7 +58,7 @@ pub fn on_connect(conn: &mut Conn, flags: u8, body: &[u8], out: &mut Vec<u8>) ->
     if !matches!((name, level), ("MQTT", LEVEL_311 | LEVEL_5) | ("MQIsdp", LEVEL_31)) {
         conn.level = LEVEL_311; // answer in a format every client reads
         let text = format!("unsupported protocol level {level}");
-        return Err(refuse(conn, out, v3::BAD_PROTOCOL_VERSION, reason::UNSUPPORTED_PROTOCOL_VERSION, &text));
+        return decline(conn, out, v3::BAD_PROTOCOL_VERSION, reason::UNSUPPORTED_PROTOCOL_VERSION, &text);
     }
     let v5 = level == LEVEL_5;
     let connect = match packets::connect(&mut r, level) {
@@ -52,7 +68,7 @@ pub fn on_connect(conn: &mut Conn, flags: u8, body: &[u8], out: &mut Vec<u8>) ->
     };
     if connect.properties.auth_method.is_some() {
         let text = "enhanced authentication is not supported";
-        return Err(refuse(conn, out, 0, reason::BAD_AUTHENTICATION_METHOD, text));
+        return decline(conn, out, 0, reason::BAD_AUTHENTICATION_METHOD, text);
     }
     let id_refused = match level {
         LEVEL_31 => connect.client_id.is_empty() || connect.client_id.len() > MAX_CLIENT_ID_31,
@@ -61,7 +77,7 @@ pub fn on_connect(conn: &mut Conn, flags: u8, body: &[u8], out: &mut Vec<u8>) ->
     };
     if id_refused {
         let text = "client identifier refused";
-        return Err(refuse(conn, out, v3::IDENTIFIER_REJECTED, reason::CLIENT_ID_NOT_VALID, text));
+        return decline(conn, out, v3::IDENTIFIER_REJECTED, reason::CLIENT_ID_NOT_VALID, text);
     }
 
     let credentials = Credentials {
@@ -74,7 +90,7 @@ pub fn on_connect(conn: &mut Conn, flags: u8, body: &[u8], out: &mut Vec<u8>) ->
             ErrorCode::Unavailable => (v3::SERVER_UNAVAILABLE, reason::SERVER_UNAVAILABLE),
             _ => (v3::NOT_AUTHORIZED, reason::NOT_AUTHORIZED),
         };
-        return Err(refuse(conn, out, v3_code, v5_code, &format!("not authorized: {}", e.message)));
+        return decline(conn, out, v3_code, v5_code, &format!("not authorized: {}", e.message));
     }
 
     // The will is checked before the session is attached, so a refusal
@@ -89,11 +105,11 @@ pub fn on_connect(conn: &mut Conn, flags: u8, body: &[u8], out: &mut Vec<u8>) ->
         let delay_secs = will.properties.will_delay.unwrap_or(0);
         if let Err(e) = host::set_will(Some(&Will { message, delay_secs })) {
             let text = format!("will refused: {}", e.message);
-            return Err(match e.code {
-                ErrorCode::Invalid if !v5 => MqttError::malformed(text),
-                ErrorCode::Invalid => refuse(conn, out, 0, reason::TOPIC_NAME_INVALID, &text),
-                _ => refuse(conn, out, v3::NOT_AUTHORIZED, reason::NOT_AUTHORIZED, &text),
-            });
+            return match e.code {
+                ErrorCode::Invalid if !v5 => Err(MqttError::malformed(text)),
+                ErrorCode::Invalid => Err(refuse(conn, out, 0, reason::TOPIC_NAME_INVALID, &text)),
+                _ => decline(conn, out, v3::NOT_AUTHORIZED, reason::NOT_AUTHORIZED, &text),
+            };
         }
     }
 
@@ -119,7 +135,7 @@ pub fn on_connect(conn: &mut Conn, flags: u8, body: &[u8], out: &mut Vec<u8>) ->
         Err(e) => {
             let _ = host::set_will(None);
             let text = format!("session refused: {}", e.message);
-            return Err(refuse(conn, out, v3::IDENTIFIER_REJECTED, reason::CLIENT_ID_NOT_VALID, &text));
+            return decline(conn, out, v3::IDENTIFIER_REJECTED, reason::CLIENT_ID_NOT_VALID, &text);
         }
     };
     conn.persistent = expiry_secs != Some(0);

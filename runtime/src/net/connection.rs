@@ -66,6 +66,8 @@ pub struct ListenerInfo {
 enum End {
     PeerClosed,
     GuestClosed(String),
+    /// `on-frames` returned an error: the client broke the protocol.
+    ProtocolError(String),
     IdleTimeout,
     Kicked(Kick),
     Framing(String),
@@ -78,7 +80,7 @@ impl End {
     fn reason(&self) -> CloseReason {
         match self {
             End::PeerClosed => CloseReason::PeerClosed,
-            End::GuestClosed(_) => CloseReason::GuestClosed,
+            End::GuestClosed(_) | End::ProtocolError(_) => CloseReason::GuestClosed,
             End::IdleTimeout => CloseReason::IdleTimeout,
             End::Kicked(Kick::SessionTakenOver) => CloseReason::SessionTakenOver,
             End::Kicked(Kick::SlowConsumer) => CloseReason::SlowConsumer,
@@ -289,8 +291,12 @@ impl Connection {
             let handled = self.guest.on_frames(&frames).await;
             match handled {
                 Ok(Err(reason)) => {
+                    // What the guest sent (an explanation, say) still goes out first.
                     self.after_call(Ok(())).await?;
-                    return Err(End::GuestClosed(reason));
+                    let env = &self.protocol.env;
+                    ProtocolMetrics::bump(&env.metrics.protocol_errors);
+                    tracing::info!(protocol = %env.name, peer = %self.peer, conn = self.mailbox.connection, "closing on protocol error: {reason}");
+                    return Err(End::ProtocolError(reason));
                 }
                 Ok(Ok(())) => self.after_call(Ok(())).await?,
                 Err(fault) => self.after_call(Err(fault)).await?,
