@@ -15,10 +15,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Auth;
 use crate::config::{Config, ConfigError};
 use crate::kv::Kv;
 use crate::metrics::ProtocolMetrics;
 use crate::net::listener::ListenerTask;
+use crate::net::tls::{self, TlsSetupError};
 use crate::retained::Retained;
 use crate::router::Router;
 use crate::sessions::{QueueSettings, Sessions, unix_now};
@@ -44,11 +46,13 @@ pub struct BrokerCore {
     pub store: Arc<Store>,
     /// Unique id of this broker process.
     pub server_id: String,
+    /// Users, access rules, failed-login backoff.
+    pub auth: Auth,
     next_connection: AtomicU64,
 }
 
 impl BrokerCore {
-    fn new(store: Arc<Store>, queue: QueueSettings) -> Self {
+    fn new(store: Arc<Store>, queue: QueueSettings, auth: Auth) -> Self {
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let server_id = format!("SP{:016X}{:08X}", nanos as u64, std::process::id());
@@ -62,6 +66,7 @@ impl BrokerCore {
             retained: Retained::default(),
             store,
             server_id,
+            auth,
             next_connection: AtomicU64::new(1),
         }
     }
@@ -85,6 +90,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("listener `{listener}`: cannot bind {addr}: {source}")]
     Bind { listener: String, addr: SocketAddr, source: std::io::Error },
+    #[error("listener `{listener}`: {source}")]
+    Tls { listener: String, source: TlsSetupError },
 }
 
 /// A listener that is accepting.
@@ -117,7 +124,7 @@ impl Broker {
         let store = Arc::new(store);
         let queue =
             QueueSettings { max: config.storage.session_queue_max, policy: config.storage.queue_full };
-        let core = Arc::new(BrokerCore::new(store.clone(), queue));
+        let core = Arc::new(BrokerCore::new(store.clone(), queue, Auth::new(&config.auth)));
         let instances = config
             .listeners
             .iter()
@@ -169,6 +176,21 @@ impl Broker {
         let mut tasks = Vec::new();
         for listener_config in &config.listeners {
             let name = listener_config.display_name();
+            let tls = match &listener_config.tls {
+                Some(tls) => Some(
+                    tls::acceptor(tls, |path| config.resolve(path))
+                        .map_err(|source| StartError::Tls { listener: name.clone(), source })?,
+                ),
+                None => None,
+            };
+            if listener_config.allow_anonymous && !listener_config.bind.ip().is_loopback() {
+                tracing::warn!(
+                    listener = name,
+                    addr = %listener_config.bind,
+                    "listener is reachable beyond this machine and admits clients without credentials \
+                     (set allow_anonymous = false and configure [[auth.users]])"
+                );
+            }
             let socket = TcpListener::bind(listener_config.bind).await.map_err(|source| {
                 StartError::Bind { listener: name.clone(), addr: listener_config.bind, source }
             })?;
@@ -188,6 +210,7 @@ impl Broker {
                 socket,
                 name.into(),
                 listener_config,
+                tls,
                 candidates,
                 core.clone(),
                 shutdown.clone(),

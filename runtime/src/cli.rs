@@ -1,4 +1,4 @@
-//! Command-line interface: `sandport run` and `sandport check`.
+//! Command-line interface: `sandport run`, `sandport check` and `sandport passwd`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -42,6 +42,10 @@ pub enum Command {
         #[arg(long)]
         sha256: Option<String>,
     },
+    /// Hash a password (or a token) for `password_hash` / `token_hash` in
+    /// `[[auth.users]]`. Reads it from the terminal without echo, or the
+    /// first line of standard input; prints the argon2id hash.
+    Passwd,
 }
 
 impl Cli {
@@ -50,6 +54,7 @@ impl Cli {
         match self.command {
             Command::Run { config } => run(&config).await,
             Command::Check { component, sha256 } => check(&component, sha256.as_deref()).await,
+            Command::Passwd => passwd(),
         }
     }
 }
@@ -69,6 +74,37 @@ async fn run(config_path: &Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn passwd() -> ExitCode {
+    use std::io::IsTerminal;
+    let read = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password("password: ")
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line.trim_end_matches(['\r', '\n']).to_string())
+    };
+    let secret = match read {
+        Ok(secret) if !secret.is_empty() => secret,
+        Ok(_) => {
+            eprintln!("error: empty password");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("error: cannot read the password: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match crate::auth::password::hash(secret.as_bytes()) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot hash: {e}");
             ExitCode::FAILURE
         }
     }

@@ -29,6 +29,9 @@ pub struct Config {
     /// Protocol guests by name.
     #[serde(default)]
     pub protocols: BTreeMap<String, ProtocolConfig>,
+    /// Users, their access rules, and what anonymous clients may do.
+    #[serde(default)]
+    pub auth: AuthConfig,
     /// Directory relative paths are resolved against (the config file's directory).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -136,6 +139,121 @@ pub struct Listener {
     /// `mqtt`); default: the names of the listener's protocols.
     #[serde(default)]
     pub subprotocols: Option<Vec<String>>,
+    /// Admit clients that present no credentials (under `[auth.anonymous]`).
+    #[serde(default = "default_true")]
+    pub allow_anonymous: bool,
+    /// TLS on this listener (under WebSocket too, when both are set).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `[listeners.tls]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM CA certificates that client certificates are checked against;
+    /// a verified client certificate's common name becomes the user.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Refuse clients without a certificate (needs `client_ca`).
+    #[serde(default)]
+    pub require_client_cert: bool,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Users defined in the config (`[[auth.users]]`).
+    pub users: Vec<UserConfig>,
+    /// A TOML file of `[[users]]` entries, relative to the config file.
+    pub users_file: Option<PathBuf>,
+    /// What clients without credentials may do, where a listener admits them.
+    pub anonymous: AclConfig,
+    /// Failed authentications from one address before it must wait.
+    pub max_failures: u32,
+    /// First wait after `max_failures`; doubles with each further failure.
+    pub backoff_initial_ms: u64,
+    /// Longest wait.
+    pub backoff_max_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            users: Vec::new(),
+            users_file: None,
+            anonymous: AclConfig::default(),
+            max_failures: 5,
+            backoff_initial_ms: 1000,
+            backoff_max_ms: 60_000,
+        }
+    }
+}
+
+/// One user (`[[auth.users]]`, or `[[users]]` in a users file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The user name clients give (MQTT user name, NATS user, Redis user;
+    /// Redis `AUTH password` alone means user `default`).
+    pub name: String,
+    /// Argon2id PHC string from `sandport passwd`.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// Argon2id PHC string of a bearer token (NATS `auth_token`).
+    #[serde(default)]
+    pub token_hash: Option<String>,
+    /// Topics the user may publish to; `#` when absent.
+    #[serde(default = "everything")]
+    pub publish: Vec<String>,
+    /// Filters within which the user may subscribe; `#` when absent.
+    #[serde(default = "everything")]
+    pub subscribe: Vec<String>,
+}
+
+fn everything() -> Vec<String> {
+    vec!["#".into()]
+}
+
+impl UserConfig {
+    /// The user's access rules.
+    pub fn acl(&self) -> AclConfig {
+        AclConfig { publish: self.publish.clone(), subscribe: self.subscribe.clone() }
+    }
+}
+
+/// Topic access rules: canonical filters in which `%u` stands for the user
+/// name and `%c` for the client id.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AclConfig {
+    /// Topics the client may publish to (and name in a will).
+    pub publish: Vec<String>,
+    /// Filters within which the client may subscribe, and topics it may receive.
+    pub subscribe: Vec<String>,
+}
+
+impl Default for AclConfig {
+    fn default() -> Self {
+        Self { publish: everything(), subscribe: everything() }
+    }
+}
+
+/// A users file: `[[users]]` entries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsersFile {
+    #[serde(default)]
+    users: Vec<UserConfig>,
 }
 
 /// `transport` of a listener.
@@ -272,6 +390,45 @@ impl Default for Grants {
     }
 }
 
+/// Check user entries; `key` is where they sit (`auth.users` or `users`).
+fn validate_users(users: &[UserConfig], key: &str) -> Result<(), (String, String)> {
+    let mut names = std::collections::HashSet::new();
+    for (i, user) in users.iter().enumerate() {
+        let at = |field: &str| format!("{key}[{i}].{field}");
+        if user.name.is_empty() || user.name.contains(['/', '+', '#', '\0']) || user.name == "anonymous" {
+            return Err((at("name"), "must be non-empty, without / + # or NUL, and not `anonymous`".into()));
+        }
+        if !names.insert(user.name.as_str()) {
+            return Err((at("name"), format!("user `{}` is defined twice", user.name)));
+        }
+        for (field, hash) in [("password_hash", &user.password_hash), ("token_hash", &user.token_hash)] {
+            if let Some(hash) = hash
+                && let Err(e) = crate::auth::password::check_phc(hash)
+            {
+                return Err((at(field), e));
+            }
+        }
+        validate_acl(&user.acl(), &format!("{key}[{i}]"))?;
+    }
+    Ok(())
+}
+
+/// Check access rules: each must be a valid filter once `%u`/`%c` are filled in.
+fn validate_acl(acl: &AclConfig, key: &str) -> Result<(), (String, String)> {
+    for (field, patterns) in [("publish", &acl.publish), ("subscribe", &acl.subscribe)] {
+        for (j, pattern) in patterns.iter().enumerate() {
+            let filled = pattern.replace("%u", "user").replace("%c", "client");
+            if let Err(e) = topic::validate_filter(&filled) {
+                return Err((
+                    format!("{key}.{field}[{j}]"),
+                    format!("`{pattern}` is not a valid filter: {e}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A config file that cannot be used. The message names the file and the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -302,6 +459,27 @@ impl Config {
             key,
             message,
         })?;
+        if let Some(file) = config.auth.users_file.clone() {
+            let file = config.resolve(&file);
+            let text = std::fs::read_to_string(&file)
+                .map_err(|source| ConfigError::Read { path: file.clone(), source })?;
+            let users: UsersFile = toml::from_str(&text)
+                .map_err(|e| ConfigError::Parse { path: file.clone(), source: Box::new(e) })?;
+            validate_users(&users.users, "users").map_err(|(key, message)| ConfigError::Invalid {
+                path: file.clone(),
+                key,
+                message,
+            })?;
+            config.auth.users.extend(users.users);
+            let mut names = std::collections::HashSet::new();
+            if let Some(user) = config.auth.users.iter().find(|u| !names.insert(u.name.as_str())) {
+                return Err(ConfigError::Invalid {
+                    path: file,
+                    key: "users".into(),
+                    message: format!("user `{}` is defined twice (here and in the config)", user.name),
+                });
+            }
+        }
         Ok(config)
     }
 
@@ -336,6 +514,28 @@ impl Config {
             }
             if listener.subprotocols.as_ref().is_some_and(Vec::is_empty) {
                 return Err((key("subprotocols"), "lists no subprotocol".into()));
+            }
+        }
+        validate_users(&self.auth.users, "auth.users")?;
+        validate_acl(&self.auth.anonymous, "auth.anonymous")?;
+        if self.auth.max_failures == 0 {
+            return Err(("auth.max_failures".into(), "must be at least 1".into()));
+        }
+        if self.auth.backoff_initial_ms == 0 || self.auth.backoff_max_ms < self.auth.backoff_initial_ms {
+            return Err((
+                "auth.backoff_max_ms".into(),
+                "backoff_initial_ms must be at least 1 and at most backoff_max_ms".into(),
+            ));
+        }
+        for (i, listener) in self.listeners.iter().enumerate() {
+            if let Some(tls) = &listener.tls
+                && tls.require_client_cert
+                && tls.client_ca.is_none()
+            {
+                return Err((
+                    format!("listeners[{i}].tls.require_client_cert"),
+                    "needs client_ca to check certificates against".into(),
+                ));
             }
         }
         for (name, protocol) in &self.protocols {

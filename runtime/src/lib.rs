@@ -6,6 +6,7 @@
 //! decode and dispatch runs in a guest component behind the
 //! `sandport:protocol` world (see `wit/`). Start with [`broker::Broker`].
 
+pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod config;

@@ -36,6 +36,9 @@ counters! {
     faults_trap: "Guest traps (panics, unreachable, stack overflow).",
     faults_violation: "Guests stopped for breaking host rules (floods, bad calls).",
     framing_errors: "Connections closed for malformed or oversized frames.",
+    auth_failures: "Authentications refused for bad or missing credentials.",
+    auth_blocked: "Authentications refused unchecked because the address is backing off.",
+    deliveries_denied: "Deliveries withheld because the subscriber's access rules do not allow the topic.",
     protocol_errors: "Connections the guest closed because a frame broke its protocol (`on-frames` error).",
 }
 

@@ -148,6 +148,8 @@ impl Handler for Nats {
             "max_payload": max_payload,
             "client_id": info.id,
             "client_ip": ip,
+            // Clients send their credentials only when asked to.
+            "auth_required": info.user.is_none() || (info.credentials_checked && info.user.as_deref() == Some("anonymous")),
         });
         host::send(format!("INFO {server_info}\r\n").as_bytes());
         host::set_timer(PING_INTERVAL_MS);

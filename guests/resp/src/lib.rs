@@ -62,6 +62,8 @@ struct State {
     id: u64,
     name: Option<String>,
     max_bulk: usize,
+    /// The client may run commands (authenticated, or anonymous allowed).
+    authenticated: bool,
     /// Subscriptions by (family, channel or pattern) -> host id.
     subscriptions: BTreeMap<(u8, Vec<u8>), u32>,
     by_host_id: BTreeMap<u32, (Family, Vec<u8>)>,
@@ -148,6 +150,7 @@ impl Handler for Resp {
         STATE.with_borrow_mut(|s| {
             s.id = info.id;
             s.max_bulk = info.max_frame_bytes as usize;
+            s.authenticated = info.user.is_some();
         });
     }
 
@@ -240,6 +243,12 @@ fn command(state: &mut State, args: &[Vec<u8>], out: &mut Vec<u8>) -> bool {
             return true;
         }
     }
+    // Like redis-server with requirepass: nothing but AUTH, HELLO and QUIT
+    // before the client authenticated.
+    if !state.authenticated && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
+        enc.error(out, "NOAUTH Authentication required.");
+        return true;
+    }
     match (name.as_str(), argc) {
         ("PING", 1 | 2) => {
             if state.subscribed() > 0 && !state.resp3 {
@@ -278,6 +287,7 @@ fn command(state: &mut State, args: &[Vec<u8>], out: &mut Vec<u8>) -> bool {
         ("AUTH", 2 | 3) => {
             let (user, pass) = if argc == 3 { (Some(&args[1]), &args[2]) } else { (None, &args[1]) };
             if authenticate(user, pass) {
+                state.authenticated = true;
                 enc.simple(out, "OK");
             } else {
                 enc.error(out, "WRONGPASS invalid username-password pair or user is disabled.");
@@ -501,6 +511,7 @@ fn hello(state: &mut State, args: &[Vec<u8>], out: &mut Vec<u8>) {
                         .error(out, "WRONGPASS invalid username-password pair or user is disabled.");
                     return;
                 }
+                state.authenticated = true;
                 at += 3;
             }
             "SETNAME" if at + 1 < args.len() => {
@@ -517,6 +528,13 @@ fn hello(state: &mut State, args: &[Vec<u8>], out: &mut Vec<u8>) {
                 return;
             }
         }
+    }
+    if !state.authenticated {
+        state.encoder().error(
+            out,
+            "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+        );
+        return;
     }
     state.resp3 = version == 3;
     let enc = state.encoder();

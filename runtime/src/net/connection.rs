@@ -15,8 +15,10 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::ConnAuth;
 use crate::broker::{BrokerCore, VERSION};
 use crate::config::ListenerTransport;
 use crate::mailbox::{Kick, Mailbox, Routed};
@@ -24,7 +26,7 @@ use crate::metrics::ProtocolMetrics;
 use crate::net::framing::{Framing, FramingError};
 use crate::net::probe;
 use crate::net::stream::BoxedStream;
-use crate::net::websocket;
+use crate::net::{tls, websocket};
 use crate::sessions::{WillDeferral, unix_now};
 use crate::store::StoredMessage;
 use crate::wasm::bindings::types::{CloseReason, ConnectionInfo, NextFrame, Transport, Will};
@@ -57,6 +59,10 @@ pub struct ListenerInfo {
     /// TCP, or WebSocket with these accepted subprotocols.
     pub transport: ListenerTransport,
     pub subprotocols: Vec<String>,
+    /// TLS below the transport, when configured.
+    pub tls: Option<TlsAcceptor>,
+    /// Clients without credentials are admitted (as anonymous).
+    pub allow_anonymous: bool,
     pub core: Arc<BrokerCore>,
     pub shutdown: CancellationToken,
 }
@@ -67,7 +73,7 @@ enum End {
     PeerClosed,
     GuestClosed(String),
     /// `on-frames` returned an error: the client broke the protocol.
-    ProtocolError(String),
+    ProtocolError,
     IdleTimeout,
     Kicked(Kick),
     Framing(String),
@@ -80,7 +86,7 @@ impl End {
     fn reason(&self) -> CloseReason {
         match self {
             End::PeerClosed => CloseReason::PeerClosed,
-            End::GuestClosed(_) | End::ProtocolError(_) => CloseReason::GuestClosed,
+            End::GuestClosed(_) | End::ProtocolError => CloseReason::GuestClosed,
             End::IdleTimeout => CloseReason::IdleTimeout,
             End::Kicked(Kick::SessionTakenOver) => CloseReason::SessionTakenOver,
             End::Kicked(Kick::SlowConsumer) => CloseReason::SlowConsumer,
@@ -97,26 +103,8 @@ impl End {
 pub async fn serve(listener: Arc<ListenerInfo>, tcp: TcpStream, peer: SocketAddr) {
     let id = listener.core.next_connection_id();
     let local = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let (mut stream, transport): (BoxedStream, Transport) = match listener.transport {
-        ListenerTransport::Tcp => (Box::new(tcp), Transport::Tcp),
-        ListenerTransport::Websocket => {
-            let max_message = listener.candidates.iter().map(|p| p.env.limits.max_frame_bytes as usize).max();
-            let max_message = max_message.unwrap_or(0).max(64 * 1024);
-            let upgrade = tokio::select! {
-                upgrade = websocket::accept(tcp, &listener.subprotocols, max_message, listener.probe_timeout) => upgrade,
-                _ = listener.shutdown.cancelled() => return,
-            };
-            match upgrade {
-                Ok((pipe, subprotocol)) => {
-                    tracing::debug!(listener = %listener.name, %peer, conn = id, ?subprotocol, "WebSocket upgraded");
-                    (Box::new(pipe), Transport::Websocket)
-                }
-                Err(e) => {
-                    tracing::info!(listener = %listener.name, %peer, conn = id, "closing: {e}");
-                    return;
-                }
-            }
-        }
+    let Some((mut stream, transport, certificate_user)) = transport(&listener, tcp, peer, id).await else {
+        return;
     };
     let chosen = tokio::select! {
         chosen = probe::choose(&mut stream, &listener.candidates, id, listener.probe_bytes, listener.probe_timeout) => chosen,
@@ -138,7 +126,9 @@ pub async fn serve(listener: Arc<ListenerInfo>, tcp: TcpStream, peer: SocketAddr
     };
     let (mailbox, inbox) = Mailbox::new(id, protocol.env.limits.outbound_buffer_bytes);
     let mut guest = chosen.guest;
-    guest.state_mut().link = Some(ConnLink { broker: listener.core.clone(), mailbox: mailbox.clone() });
+    let auth = ConnAuth { peer: peer.ip(), allow_anonymous: listener.allow_anonymous, certificate_user };
+    guest.state_mut().principal = listener.core.auth.initial_identity(&auth);
+    guest.state_mut().link = Some(ConnLink { broker: listener.core.clone(), mailbox: mailbox.clone(), auth });
     guest.state_mut().inbox = Some(inbox);
     let info = ConnectionInfo {
         id,
@@ -149,6 +139,8 @@ pub async fn serve(listener: Arc<ListenerInfo>, tcp: TcpStream, peer: SocketAddr
         server_id: listener.core.server_id.clone(),
         server_version: VERSION.into(),
         max_frame_bytes: protocol.env.limits.max_frame_bytes,
+        user: guest.state().principal.as_ref().map(|identity| identity.name().to_string()),
+        credentials_checked: listener.core.auth.has_users(),
         settings: protocol.env.settings.clone(),
     };
     protocol.env.connections.insert(mailbox.clone(), peer.to_string());
@@ -177,6 +169,53 @@ pub async fn serve(listener: Arc<ListenerInfo>, tcp: TcpStream, peer: SocketAddr
     connection.finish(end).await;
     protocol.env.connections.remove(id);
     metrics.connections_active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Set up what carries the bytes: TLS and WebSocket as the listener says.
+/// Returns the stream, the transport, and the user a client certificate
+/// names; `None` (after a log line) when the client failed a handshake.
+async fn transport(
+    listener: &ListenerInfo,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+) -> Option<(BoxedStream, Transport, Option<String>)> {
+    let (stream, mut transport, user): (BoxedStream, _, _) = match &listener.tls {
+        None => (Box::new(tcp), Transport::Tcp, None),
+        Some(acceptor) => {
+            let handshake = tokio::select! {
+                handshake = tls::accept(acceptor, tcp, listener.probe_timeout) => handshake,
+                _ = listener.shutdown.cancelled() => return None,
+            };
+            match handshake {
+                Ok((stream, user)) => (Box::new(stream), Transport::Tls, user),
+                Err(e) => {
+                    tracing::info!(listener = %listener.name, %peer, conn = id, "closing: {e}");
+                    return None;
+                }
+            }
+        }
+    };
+    if listener.transport == ListenerTransport::Tcp {
+        return Some((stream, transport, user));
+    }
+    let max_message = listener.candidates.iter().map(|p| p.env.limits.max_frame_bytes as usize).max();
+    let max_message = max_message.unwrap_or(0).max(64 * 1024);
+    let upgrade = tokio::select! {
+        upgrade = websocket::accept(stream, &listener.subprotocols, max_message, listener.probe_timeout) => upgrade,
+        _ = listener.shutdown.cancelled() => return None,
+    };
+    match upgrade {
+        Ok((pipe, subprotocol)) => {
+            tracing::debug!(listener = %listener.name, %peer, conn = id, ?subprotocol, "WebSocket upgraded");
+            transport = Transport::Websocket;
+            Some((Box::new(pipe), transport, user))
+        }
+        Err(e) => {
+            tracing::info!(listener = %listener.name, %peer, conn = id, "closing: {e}");
+            None
+        }
+    }
 }
 
 struct Connection {
@@ -296,7 +335,7 @@ impl Connection {
                     let env = &self.protocol.env;
                     ProtocolMetrics::bump(&env.metrics.protocol_errors);
                     tracing::info!(protocol = %env.name, peer = %self.peer, conn = self.mailbox.connection, "closing on protocol error: {reason}");
-                    return Err(End::ProtocolError(reason));
+                    return Err(End::ProtocolError);
                 }
                 Ok(Ok(())) => self.after_call(Ok(())).await?,
                 Err(fault) => self.after_call(Err(fault)).await?,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -32,10 +33,12 @@ pub struct ListenerTask {
 
 impl ListenerTask {
     /// A task accepting on `socket` for the protocols in `candidates`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         socket: TcpListener,
         name: Arc<str>,
         config: &config::Listener,
+        tls: Option<TlsAcceptor>,
         candidates: Vec<Arc<Protocol>>,
         core: Arc<BrokerCore>,
         shutdown: CancellationToken,
@@ -46,6 +49,8 @@ impl ListenerTask {
             probe_bytes: config.probe_bytes,
             probe_timeout: config.probe_timeout(),
             transport: config.transport,
+            tls,
+            allow_anonymous: config.allow_anonymous,
             subprotocols: config
                 .subprotocols
                 .clone()

@@ -1,4 +1,4 @@
-//! The network side of the host: accepting, transports (TCP, WebSocket),
+//! The network side of the host: accepting, transports (TCP, TLS, WebSocket),
 //! probing, framing, and the per-connection task that drives a guest.
 
 pub mod connection;
@@ -6,4 +6,5 @@ pub mod framing;
 pub mod listener;
 pub mod probe;
 pub mod stream;
+pub mod tls;
 pub mod websocket;

@@ -13,8 +13,7 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
@@ -39,10 +38,11 @@ pub enum UpgradeError {
     Handshake(#[from] tungstenite::Error),
 }
 
-/// Answer the upgrade on `tcp` within `timeout` and start the bridge;
-/// returns the connection's end of the pipe and the chosen subprotocol.
-pub async fn accept(
-    tcp: TcpStream,
+/// Answer the upgrade on `stream` (TCP or TLS) within `timeout` and start
+/// the bridge; returns the connection's end of the pipe and the chosen
+/// subprotocol.
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
     subprotocols: &[String],
     max_message_bytes: usize,
     timeout: Duration,
@@ -77,7 +77,7 @@ pub async fn accept(
     let config = WebSocketConfig::default()
         .max_message_size(Some(max_message_bytes))
         .max_frame_size(Some(max_message_bytes));
-    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(config));
+    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config));
     let ws = tokio::time::timeout(timeout, upgrade).await.map_err(|_| UpgradeError::Timeout(timeout))??;
     let (near, far) = tokio::io::duplex(PIPE_BYTES);
     tokio::spawn(bridge(ws, far));
@@ -98,7 +98,7 @@ fn offered_subprotocols(request: &Request) -> Vec<String> {
 }
 
 /// Move bytes between the WebSocket and the pipe until either side ends.
-async fn bridge(ws: WebSocketStream<TcpStream>, pipe: DuplexStream) {
+async fn bridge<S: AsyncRead + AsyncWrite + Unpin + Send>(ws: WebSocketStream<S>, pipe: DuplexStream) {
     let (mut ws_out, mut ws_in) = ws.split();
     let (mut pipe_in, mut pipe_out) = tokio::io::split(pipe);
     let inbound = async {

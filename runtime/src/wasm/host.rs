@@ -9,6 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::AuthError;
+use crate::auth::acl::Acl;
 use crate::kv::{Condition, KvError, Ttl};
 use crate::metrics::ProtocolMetrics;
 use crate::registry::MAX_LISTED;
@@ -61,7 +63,26 @@ fn message_bytes(message: &Message) -> usize {
         + message.content_type.as_ref().map_or(0, String::len)
 }
 
+/// The refusal for anything before the client authenticated.
+fn unauthenticated() -> HostError {
+    HostError { code: ErrorCode::NotAuthorized, message: "authentication required".into() }
+}
+
 impl GuestState {
+    /// The client id `%c` stands for in access rules: the attached session's.
+    fn client_id(&self) -> &str {
+        self.session.as_ref().map_or("", |s| s.client_id.as_str())
+    }
+
+    /// The access rules of the client and its user name, or a refusal
+    /// while it is not authenticated.
+    fn access(&self) -> Result<(&Acl, &str), HostError> {
+        match (&self.link, &self.principal) {
+            (Some(link), Some(identity)) => Ok((link.broker.auth.acl(identity), identity.name())),
+            _ => Err(unauthenticated()),
+        }
+    }
+
     /// Validate a message the guest wants published (now or as a will).
     fn check_message(&self, message: &Message) -> Result<(), HostError> {
         let invalid = |m: String| HostError { code: ErrorCode::Invalid, message: m };
@@ -76,6 +97,13 @@ impl GuestState {
             return Err(HostError {
                 code: ErrorCode::NotAuthorized,
                 message: format!("publishing to `{}` is not granted", message.topic),
+            });
+        }
+        let (acl, user) = self.access()?;
+        if !acl.may_publish(&message.topic, user, self.client_id()) {
+            return Err(HostError {
+                code: ErrorCode::NotAuthorized,
+                message: format!("user `{user}` may not publish to `{}`", message.topic),
             });
         }
         Ok(())
@@ -100,11 +128,19 @@ impl GuestState {
                 message: format!("subscribing to `{filter}` is not granted"),
             });
         }
+        let (acl, user) = self.access()?;
+        if !acl.may_subscribe(filter, kind, user, self.client_id()) {
+            return Err(HostError {
+                code: ErrorCode::NotAuthorized,
+                message: format!("user `{user}` may not subscribe to `{filter}`"),
+            });
+        }
         Ok(())
     }
 
     /// The key-value key for `key` in `scope`.
     fn kv_key(&self, scope: KvScope, key: &str) -> Result<String, HostError> {
+        self.access()?;
         if key.len() > crate::kv::MAX_KEY_BYTES {
             return Err(HostError { code: ErrorCode::Invalid, message: "key too long".into() });
         }
@@ -278,16 +314,30 @@ impl host::Host for GuestState {
     }
 
     fn authenticate(&mut self, credentials: Credentials) -> wasmtime::Result<Result<Principal, HostError>> {
-        self.link()?;
+        let link = self.link()?;
+        let (broker, conn) = (link.broker.clone(), link.auth.clone());
         let size = credentials.username.as_ref().map_or(0, String::len)
             + credentials.password.as_ref().map_or(0, Vec::len)
             + credentials.token.as_ref().map_or(0, String::len);
         self.charge(size)?;
-        // No user database is configured: every client is admitted under the
-        // name it gives, or as `anonymous`.
-        let user = credentials.username.filter(|u| !u.is_empty()).unwrap_or_else(|| "anonymous".into());
-        self.principal = Some(user.clone());
-        Ok(Ok(Principal { user }))
+        match broker.auth.authenticate(&credentials, &conn) {
+            Ok(identity) => {
+                let user = identity.name().to_string();
+                self.principal = Some(identity);
+                Ok(Ok(Principal { user }))
+            }
+            Err(refusal) => {
+                let metrics = &self.env.metrics;
+                let counter = if matches!(refusal, AuthError::Blocked(_)) {
+                    &metrics.auth_blocked
+                } else {
+                    &metrics.auth_failures
+                };
+                ProtocolMetrics::bump(counter);
+                tracing::info!(protocol = %self.env.name, peer = %conn.peer, "authentication refused: {refusal}");
+                refuse(ErrorCode::NotAuthorized, refusal.to_string())
+            }
+        }
     }
 
     fn attach_session(
@@ -303,6 +353,9 @@ impl host::Host for GuestState {
         }
         if self.session.is_some() {
             return refuse(ErrorCode::Invalid, "a session is already attached");
+        }
+        if self.principal.is_none() {
+            return Ok(Err(unauthenticated()));
         }
         let attached = broker.sessions.attach(
             &broker.router,
@@ -477,6 +530,9 @@ impl host::Host for GuestState {
 
     fn list_connections(&mut self) -> wasmtime::Result<Vec<ConnectionSummary>> {
         self.link()?;
+        if self.principal.is_none() {
+            return Ok(Vec::new());
+        }
         let listed = self.env.connections.list();
         Ok(listed
             .into_iter()
@@ -486,6 +542,9 @@ impl host::Host for GuestState {
 
     fn close_connection(&mut self, id: u64) -> wasmtime::Result<Result<(), HostError>> {
         self.link()?;
+        if self.principal.is_none() {
+            return Ok(Err(unauthenticated()));
+        }
         if self.env.connections.close(id) {
             Ok(Ok(()))
         } else {
@@ -500,6 +559,9 @@ impl host::Host for GuestState {
     ) -> wasmtime::Result<Vec<(String, u32)>> {
         let broker = self.link()?.broker.clone();
         self.charge(pattern.as_ref().map_or(0, String::len))?;
+        if self.principal.is_none() {
+            return Ok(Vec::new());
+        }
         Ok(broker.router.subscription_counts(kind, pattern.as_deref(), MAX_LISTED))
     }
 

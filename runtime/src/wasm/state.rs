@@ -9,9 +9,11 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::auth::{ConnAuth, Identity};
 use crate::broker::BrokerCore;
 use crate::mailbox::Mailbox;
 use crate::mailbox::{Inbox, Routed};
+use crate::metrics::ProtocolMetrics;
 use crate::router::SubscriptionKey;
 use crate::sessions::Session;
 use crate::sessions::unix_now;
@@ -33,6 +35,8 @@ pub struct ConnLink {
     pub broker: Arc<BrokerCore>,
     /// This connection's inbox, for the router and for takeover.
     pub mailbox: Arc<Mailbox>,
+    /// The client's address, the listener's policy, a certificate's user.
+    pub auth: ConnAuth,
 }
 
 impl ConnLink {
@@ -127,8 +131,9 @@ pub struct GuestState {
     pub session: Option<Arc<Session>>,
     /// Store ticket the guest's output must wait for (set by durable publishes).
     pub ticket: Option<Ticket>,
-    /// Who `authenticate` said the client is.
-    pub principal: Option<String>,
+    /// Who the client is: from its certificate, `authenticate`, or anonymous
+    /// where the listener allows it; `None` until then.
+    pub principal: Option<Identity>,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -193,9 +198,33 @@ impl GuestState {
     /// forward the expiry that is left rather than the one published.
     pub fn to_deliveries(&mut self, batch: impl IntoIterator<Item = Routed>) -> Vec<Delivery> {
         let now = unix_now();
-        let metrics = &self.env.metrics.deliveries_out;
+        let env = self.env.clone();
+        let broker = self.link.as_ref().map(|link| link.broker.clone());
+        let identity = self.principal.clone();
+        let session = self.session.clone();
+        let client_id = session.as_ref().map_or("", |s| s.client_id.as_str());
+        // Access rules are checked on every delivery too, whatever the subscription said.
+        let allowed = |routed: &Routed| match (&broker, &identity) {
+            (Some(broker), Some(identity)) => broker.auth.acl(identity).may_receive(
+                &routed.message.message.topic,
+                identity.name(),
+                client_id,
+            ),
+            _ => false,
+        };
         let deliveries: Vec<Delivery> = batch
             .into_iter()
+            .filter(|routed| {
+                if allowed(routed) {
+                    return true;
+                }
+                ProtocolMetrics::bump(&env.metrics.deliveries_denied);
+                tracing::debug!(protocol = %env.name, topic = %routed.message.message.topic, "delivery denied by access rules");
+                if let (Some(seq), Some(session)) = (routed.delivery_id, &session) {
+                    session.ack(seq);
+                }
+                false
+            })
             .map(|routed| {
                 let id = match routed.delivery_id {
                     Some(id) => Some(id),
@@ -223,7 +252,7 @@ impl GuestState {
                 }
             })
             .collect();
-        metrics.fetch_add(deliveries.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        env.metrics.deliveries_out.fetch_add(deliveries.len() as u64, std::sync::atomic::Ordering::Relaxed);
         deliveries
     }
 }
