@@ -25,6 +25,7 @@ use crate::retained::Retained;
 use crate::router::Router;
 use crate::sessions::{QueueSettings, Sessions, unix_now};
 use crate::store::{Snapshot, Store, StoreError};
+use crate::wasm::breaker::Breaker;
 use crate::wasm::engine::{EpochClock, PoolSize, build_engine};
 use crate::wasm::protocol::{LoadError, Protocol, ProtocolEnv, build_linker};
 
@@ -151,6 +152,7 @@ impl Broker {
                 connections: Default::default(),
                 guest_output_bytes: config.broker.guest_output_bytes,
                 settings: protocol_config.settings_text(),
+                breaker: Breaker::new(&protocol_config.limits),
             };
             let path = config.resolve(&protocol_config.component);
             let protocol =

@@ -11,6 +11,7 @@ use crate::config::{Config, Grants, Limits};
 use crate::kv::Kv;
 use crate::metrics::ProtocolMetrics;
 use crate::store::Store;
+use crate::wasm::breaker::Breaker;
 use crate::wasm::engine::{PoolSize, build_engine};
 use crate::wasm::protocol::{Protocol, ProtocolEnv, build_linker};
 
@@ -133,6 +134,7 @@ pub async fn describe_component(path: &Path, pin: Option<&str>) -> Result<String
     let env = ProtocolEnv {
         name: name.as_str().into(),
         kv: Arc::new(Kv::new(name.as_str().into(), 0, Arc::new(Store::memory().0))),
+        breaker: Breaker::new(&limits),
         limits,
         grants: Grants::default(),
         metrics: ProtocolMetrics::default(),

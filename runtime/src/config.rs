@@ -350,6 +350,15 @@ pub struct Limits {
     /// Most bytes a guest may pass to the host in one call (publish payloads,
     /// topics, keys), against floods.
     pub call_input_bytes: usize,
+    /// Longest a started frame may take to arrive completely (against
+    /// clients that trickle bytes to hold connections open).
+    pub frame_timeout_ms: u64,
+    /// Guest faults (traps, deadlines, memory, violations) within
+    /// `fault_window_ms` that trip the crash-loop breaker.
+    pub max_faults: u32,
+    pub fault_window_ms: u64,
+    /// How long a tripped breaker refuses new connections of the protocol.
+    pub fault_backoff_ms: u64,
 }
 
 impl Default for Limits {
@@ -361,6 +370,10 @@ impl Default for Limits {
             max_frame_bytes: 1024 * 1024,
             outbound_buffer_bytes: 4 * 1024 * 1024,
             call_input_bytes: 16 * 1024 * 1024,
+            frame_timeout_ms: 30_000,
+            max_faults: 20,
+            fault_window_ms: 10_000,
+            fault_backoff_ms: 30_000,
         }
     }
 }
@@ -573,6 +586,15 @@ impl Config {
             }
             if limits.call_deadline_ms == 0 || limits.call_deadline_ms > 60_000 {
                 return Err((key("limits.call_deadline_ms"), "must be between 1 and 60000".into()));
+            }
+            if limits.frame_timeout_ms == 0 {
+                return Err((key("limits.frame_timeout_ms"), "must be at least 1".into()));
+            }
+            if limits.max_faults == 0 || limits.fault_window_ms == 0 || limits.fault_backoff_ms == 0 {
+                return Err((
+                    key("limits.max_faults"),
+                    "max_faults, fault_window_ms and fault_backoff_ms must be at least 1".into(),
+                ));
             }
             if limits.max_frame_bytes < 16 {
                 return Err((key("limits.max_frame_bytes"), "must be at least 16".into()));

@@ -123,7 +123,10 @@ async fn settings_a_guest_does_not_know_are_refused() {
     let (ok, _, stderr) = sandport(&["run", "--config", &path_str(&path)]).await;
     assert!(!ok);
     assert!(stderr.contains("unknown setting `protocols.mqtt.settings.topic_alias_max`"), "{stderr}");
-    assert!(stderr.contains("receive_maximum, topic_alias_maximum, max_keep_alive"), "{stderr}");
+    assert!(
+        stderr.contains("receive_maximum, topic_alias_maximum, max_keep_alive, connect_timeout_ms"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("listening"), "{stderr}");
 }
 

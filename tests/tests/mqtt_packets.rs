@@ -19,6 +19,8 @@ const CONFIG: &str = r#"
     component = "{mqtt}"
     [protocols.mqtt.limits]
     max_frame_bytes = 1024
+    [protocols.mqtt.settings]
+    connect_timeout_ms = 500
 "#;
 
 const QUIET: Duration = Duration::from_millis(400);
@@ -210,5 +212,21 @@ async fn v5_protocol_errors_are_explained_before_the_close() {
     // the refusals at CONNECT are answers, not violations, except receive maximum 0.
     assert_eq!(broker.counter("mqtt", "protocol_errors"), 8);
     assert_eq!(broker.counter("mqtt", "framing_errors"), 1);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_sends_connect_is_closed() {
+    let broker = TestBroker::start(CONFIG).await;
+    let mut silent = RawClient::connect(broker.addr("mqtt")).await;
+    let started = tokio::time::Instant::now();
+    assert!(silent.closed().await.is_empty());
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(450) && waited < Duration::from_secs(5), "{waited:?}");
+    // Once CONNECT arrives the keep-alive (here none) takes over.
+    let (mut client, _) = RawClient::connect_v5(broker.addr("mqtt"), "patient", true, &[]).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    client.send(&[0xc0, 0]).await;
+    assert_eq!(client.read(2).await, [0xd0, 0], "still connected");
     broker.shutdown().await;
 }

@@ -1,11 +1,20 @@
 //! Hostile guests stop only their own connection: the broker, other
-//! connections of the same protocol and other protocols carry on.
+//! connections of the same protocol and other protocols carry on. Each
+//! misbehaviour is counted and logged; refused host calls leave the guest
+//! running; a guest that keeps faulting trips its protocol's breaker.
 
-use sandport_tests::{LineClient, TestBroker};
+use std::time::Duration;
+
+use sandport_tests::{LineClient, TestBroker, guest, sandport_bin};
 
 const CONFIG: &str = r#"
     [[listeners]]
     name = "hostile"
+    bind = "127.0.0.1:0"
+    protocols = ["hostile"]
+
+    [[listeners]]
+    name = "loop-open"
     bind = "127.0.0.1:0"
     protocols = ["hostile"]
 
@@ -20,23 +29,45 @@ const CONFIG: &str = r#"
     protocols = ["hostile", "echo"]
     probe_timeout_ms = 500
 
+    [[listeners]]
+    name = "greedy-shared"
+    bind = "127.0.0.1:0"
+    protocols = ["echo", "greedy"]
+
     [protocols.hostile]
     component = "{hostile}"
     [protocols.hostile.limits]
     call_deadline_ms = 50
     memory_bytes = 8388608
+    max_frame_bytes = 65536
     outbound_buffer_bytes = 1048576
+    call_input_bytes = 1048576
+    frame_timeout_ms = 500
+    [protocols.hostile.grants]
+    publish = ["wills/#", "flood/#", "ok/#"]
+    subscribe = ["ok/#"]
 
     [protocols.echo]
     component = "{echo}"
+    [protocols.greedy]
+    component = "{greedy}"
 "#;
+
+/// Everyone else still works: another connection of the hostile protocol
+/// (made before), a new one, and a connection of another protocol.
+async fn others_carry_on(broker: &TestBroker, same_protocol: &mut LineClient) {
+    assert_eq!(same_protocol.ask("echo still here").await, "still here");
+    let mut newcomer = LineClient::connect(broker.addr("hostile")).await;
+    assert_eq!(newcomer.ask("echo new").await, "new");
+    let mut other_protocol = LineClient::connect(broker.addr("echo")).await;
+    assert_eq!(other_protocol.ask("PING").await, "PONG");
+}
 
 /// Send `command` on a fresh hostile connection, expect it to be closed and
 /// `counter` to move, and check that everyone else still works.
 async fn misbehaves(command: &str, counter: &str) {
     let broker = TestBroker::start(CONFIG).await;
     let mut same_protocol = LineClient::connect(broker.addr("hostile")).await;
-    let mut other_protocol = LineClient::connect(broker.addr("echo")).await;
     assert_eq!(same_protocol.ask("echo before").await, "before");
 
     let mut attacker = LineClient::connect(broker.addr("hostile")).await;
@@ -44,21 +75,33 @@ async fn misbehaves(command: &str, counter: &str) {
     attacker.expect_closed().await;
     broker.wait_counter("hostile", counter, 1).await;
 
-    assert_eq!(same_protocol.ask("echo after").await, "after");
-    assert_eq!(other_protocol.ask("PING").await, "PONG");
-    let mut newcomer = LineClient::connect(broker.addr("hostile")).await;
-    assert_eq!(newcomer.ask("echo new").await, "new");
+    others_carry_on(&broker, &mut same_protocol).await;
     broker.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn infinite_loop_hits_the_deadline() {
+async fn infinite_loop_in_on_frames_hits_the_deadline() {
     misbehaves("loop", "faults_deadline").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinite_loop_in_frame_lengths_hits_the_deadline() {
+    misbehaves("frame-loop", "faults_deadline").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinite_loop_in_on_timer_hits_the_deadline() {
+    misbehaves("timer-loop", "faults_deadline").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panic_is_a_trap() {
     misbehaves("panic", "faults_trap").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_is_a_trap() {
+    misbehaves("unreachable", "faults_trap").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,6 +117,67 @@ async fn stack_overflow_is_a_trap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_flood_is_stopped() {
     misbehaves("flood", "faults_violation").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_flood_is_stopped_by_the_per_call_budget() {
+    misbehaves("publish-flood", "faults_violation").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lying_frame_lengths_are_violations_or_framing_errors() {
+    misbehaves("frame-zero", "faults_violation").await;
+    misbehaves("frame-long", "faults_violation").await;
+    misbehaves("frame-huge", "framing_errors").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinite_loop_in_on_deliver_hits_the_deadline() {
+    let broker = TestBroker::start(CONFIG).await;
+    let mut same_protocol = LineClient::connect(broker.addr("hostile")).await;
+    let mut attacker = LineClient::connect(broker.addr("hostile")).await;
+    assert!(attacker.ask("deliver-loop ok/bait").await.starts_with("+OK"));
+    let mut publisher = LineClient::connect(broker.addr("echo")).await;
+    assert!(publisher.ask("PUB ok/bait x").await.starts_with("+OK"));
+    attacker.expect_closed().await;
+    broker.wait_counter("hostile", "faults_deadline", 1).await;
+    others_carry_on(&broker, &mut same_protocol).await;
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinite_loop_in_on_close_and_on_open_hits_the_deadline() {
+    let broker = TestBroker::start(CONFIG).await;
+    let mut same_protocol = LineClient::connect(broker.addr("hostile")).await;
+    let mut attacker = LineClient::connect(broker.addr("hostile")).await;
+    assert_eq!(attacker.ask("close-loop").await, "+OK");
+    drop(attacker);
+    broker.wait_counter("hostile", "faults_deadline", 1).await;
+    let mut opener = LineClient::connect(broker.addr("loop-open")).await;
+    opener.expect_closed().await;
+    broker.wait_counter("hostile", "faults_deadline", 2).await;
+    others_carry_on(&broker, &mut same_protocol).await;
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_host_calls_leave_the_guest_running() {
+    let broker = TestBroker::start(CONFIG).await;
+    let mut client = LineClient::connect(broker.addr("hostile")).await;
+    client.send_line("huge-topic").await;
+    let line = client.read_line().await.unwrap();
+    assert!(line.starts_with("-ERR huge topic: ErrorCode::Invalid topic is longer"), "{line}");
+    client.send_line("huge-headers").await;
+    let line = client.read_line().await.unwrap();
+    assert!(line.starts_with("-ERR huge headers: ErrorCode::Invalid") && line.contains("headers"), "{line}");
+    client.send_line("bad-ids").await;
+    assert!(client.read_line().await.unwrap().starts_with("-ERR unsubscribe: ErrorCode::Invalid"));
+    assert!(client.read_line().await.unwrap().starts_with("-ERR ack: ErrorCode::Invalid"));
+    client.send_line("outside-grants").await;
+    assert!(client.read_line().await.unwrap().starts_with("-ERR publish: ErrorCode::NotAuthorized"));
+    assert!(client.read_line().await.unwrap().starts_with("-ERR subscribe: ErrorCode::NotAuthorized"));
+    assert_eq!(client.ask("echo alive").await, "alive");
+    broker.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,6 +217,20 @@ async fn looping_probe_drops_that_candidate_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_that_claims_everything_keeps_to_its_own_port() {
+    let broker = TestBroker::start(CONFIG).await;
+    // On the port it shares, the greedy guest wins even echo's clients...
+    let mut captured = LineClient::connect(broker.addr("greedy-shared")).await;
+    assert_eq!(captured.ask("PING").await, "mine");
+    // ...but nowhere else: echo's own port and other protocols are untouched.
+    let mut echo = LineClient::connect(broker.addr("echo")).await;
+    assert_eq!(echo.ask("PING").await, "PONG");
+    let mut hostile = LineClient::connect(broker.addr("hostile")).await;
+    assert_eq!(hostile.ask("echo fine").await, "fine");
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn will_is_published_after_a_trap() {
     let broker = TestBroker::start(CONFIG).await;
     let mut watcher = LineClient::connect(broker.addr("echo")).await;
@@ -122,5 +240,115 @@ async fn will_is_published_after_a_trap() {
     victim.send_line("panic").await;
     victim.expect_closed().await;
     assert_eq!(watcher.read_line().await.unwrap(), "MSG wills/victim crashed");
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_frames_time_out() {
+    let broker = TestBroker::start(CONFIG).await;
+    let mut slow = LineClient::connect(broker.addr("hostile")).await;
+    // Half a line, then a byte now and then: the frame never completes in time.
+    slow.send(b"echo never").await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        slow.send(b"!").await;
+    }
+    slow.expect_closed().await;
+    assert_eq!(broker.counter("hostile", "framing_errors"), 1);
+    let mut fine = LineClient::connect(broker.addr("hostile")).await;
+    assert_eq!(fine.ask("echo quick").await, "quick");
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_breaker_refuses_then_recovers() {
+    let broker = TestBroker::start(&CONFIG.replace(
+        "frame_timeout_ms = 500",
+        "frame_timeout_ms = 500\n    max_faults = 3\n    fault_window_ms = 5000\n    fault_backoff_ms = 1500",
+    ))
+    .await;
+    for _ in 0..3 {
+        let mut attacker = LineClient::connect(broker.addr("hostile")).await;
+        attacker.send_line("panic").await;
+        attacker.expect_closed().await;
+    }
+    broker.wait_counter("hostile", "breaker_trips", 1).await;
+    // Open: new connections of the protocol are refused at once...
+    let mut refused = LineClient::connect(broker.addr("hostile")).await;
+    assert!(refused.expect_closed().await.is_empty());
+    assert!(broker.counter("hostile", "connections_refused") >= 1);
+    // ...while other protocols carry on.
+    let mut echo = LineClient::connect(broker.addr("echo")).await;
+    assert_eq!(echo.ask("PING").await, "PONG");
+    // After the backoff it closes by itself.
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let mut back = LineClient::connect(broker.addr("hostile")).await;
+    assert_eq!(back.ask("echo recovered").await, "recovered");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn components_outside_the_world_are_refused_at_load() {
+    // An empty component: valid, but it exports no handler.
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.wasm");
+    std::fs::write(&empty, b"\0asm\x0d\x00\x01\x00").unwrap();
+    let check = |path: std::path::PathBuf| async move {
+        let output =
+            tokio::process::Command::new(sandport_bin()).arg("check").arg(path).output().await.unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = check(empty).await;
+    assert!(stderr.contains("does not export"), "{stderr}");
+    // Filesystem and sockets imports are named.
+    let stderr = check(guest("foreign")).await;
+    assert!(stderr.contains("wasi:filesystem") && stderr.contains("wasi:sockets"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_floods_are_held_by_the_caps() {
+    let broker = TestBroker::start(
+        r#"
+        [[listeners]]
+        name = "capped"
+        bind = "127.0.0.1:0"
+        protocols = ["echo"]
+        max_connections = 3
+
+        [[listeners]]
+        name = "other"
+        bind = "127.0.0.1:0"
+        protocols = ["echo"]
+
+        [protocols.echo]
+        component = "{echo}"
+        [protocols.echo.limits]
+        max_connections = 4
+        "#,
+    )
+    .await;
+    // The listener cap: the fourth client waits in the kernel's backlog,
+    // unserved, until a slot frees.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut client = LineClient::connect(broker.addr("capped")).await;
+        assert_eq!(client.ask("PING").await, "PONG");
+        held.push(client);
+    }
+    let mut waiting = LineClient::connect(broker.addr("capped")).await;
+    waiting.send_line("PING").await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), waiting.read_line()).await.is_err(),
+        "served beyond the listener cap"
+    );
+    drop(held.pop());
+    assert_eq!(waiting.read_line().await.unwrap(), "PONG", "served once a slot is free");
+    // The protocol cap, across listeners: the fifth echo connection is refused and counted.
+    let mut fourth = LineClient::connect(broker.addr("other")).await;
+    assert_eq!(fourth.ask("PING").await, "PONG");
+    let mut fifth = LineClient::connect(broker.addr("other")).await;
+    assert!(fifth.expect_closed().await.is_empty());
+    assert_eq!(broker.counter("echo", "connections_refused"), 1);
     broker.shutdown().await;
 }

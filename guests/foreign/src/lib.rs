@@ -1,7 +1,8 @@
 //! `foreign`: a test-only guest that reaches outside the sandport world.
 //!
-//! It reads a file with `std::fs`, which makes the component import
-//! `wasi:filesystem`. The broker must refuse to load it, naming the import.
+//! It reads a file with `std::fs` and opens a TCP connection with
+//! `std::net`, which makes the component import `wasi:filesystem` and
+//! `wasi:sockets`. The broker must refuse to load it, naming the imports.
 
 // Natively (tests) nothing is exported, so the handler looks unused.
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
@@ -38,6 +39,8 @@ impl Handler for Foreign {
     }
 
     fn on_frames(_frames: Vec<Vec<u8>>) -> Result<(), String> {
+        // An escape through the network, if the host let it link.
+        let _ = std::net::TcpStream::connect("127.0.0.1:22");
         Ok(())
     }
 

@@ -1,32 +1,49 @@
 //! `hostile`: a test-only guest that misbehaves on request.
 //!
 //! It proves the sandbox: each command makes the guest break in one way,
-//! and the broker must stop only the connection that asked for it.
-//! Never ship it in a production config.
+//! and the broker must stop only the connection that asked for it (or
+//! refuse the call, when the guest can carry on). Never ship it.
 //!
 //! ```text
-//! echo <text>   -> <text>              (a well-behaved baseline)
-//! will <topic> <text> -> +OK           (sets a will, to see it published after a fault)
-//! loop          -> spins forever in on-frames (stopped at the call deadline)
-//! panic         -> panics (a trap)
-//! oom           -> allocates until memory is refused
-//! recurse       -> recurses until the stack overflows
-//! flood         -> sends until the outbound buffer limit stops it
+//! echo <text>            -> <text>          a well-behaved baseline
+//! will <topic> <text>    -> +OK             sets a will, to see it published after a fault
+//! loop                   spins in on-frames (stopped at the call deadline)
+//! panic | unreachable    traps
+//! oom                    allocates until memory is refused
+//! recurse                recurses until the stack overflows
+//! flood                  sends until the outbound buffer limit stops it
+//! publish-flood          publishes until the per-call input budget stops it
+//! deliver-loop <filter>  subscribes, then spins in on-deliver
+//! timer-loop             sets a timer, then spins in on-timer
+//! close-loop             spins in on-close when the connection ends
+//! huge-topic | huge-headers | bad-ids | outside-grants
+//!                        calls the host with bad arguments; answers -ERR lines
 //! ```
 //!
-//! `probe` spins forever when the prefix starts with `loop-probe`.
+//! Framing is the guest's own (lines), so `frame-lengths` can misbehave too:
+//! a buffer starting `frame-loop` spins, `frame-zero` reports an empty frame,
+//! `frame-long` a frame longer than the buffer, `frame-huge` a frame larger
+//! than any limit. `probe` spins on a prefix starting `loop-probe`, and
+//! `on-open` spins on a listener named `loop-open`.
 
 // Natively (tests, fuzzing) nothing is exported, so the handler looks unused.
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
+use std::cell::Cell;
 use std::hint::black_box;
 
 use sandport_guest::types::{
     CloseReason, ConnectionInfo, Delivery, FrameScan, Framing, NextFrame, ProbeResult, ProtocolInfo, Will,
 };
-use sandport_guest::{Handler, host, message};
+use sandport_guest::{Handler, host, message, wildcard_subscription};
 
 struct Hostile;
+
+thread_local! {
+    static LOOP_IN_DELIVER: Cell<bool> = const { Cell::new(false) };
+    static LOOP_IN_TIMER: Cell<bool> = const { Cell::new(false) };
+    static LOOP_IN_CLOSE: Cell<bool> = const { Cell::new(false) };
+}
 
 fn spin() -> ! {
     let mut n: u64 = 0;
@@ -42,12 +59,91 @@ fn recurse(depth: u64) -> u64 {
     frame[0] + recurse(black_box(depth + 1))
 }
 
+fn trap_unreachable() -> ! {
+    #[cfg(target_arch = "wasm32")]
+    core::arch::wasm32::unreachable();
+    #[cfg(not(target_arch = "wasm32"))]
+    panic!("unreachable");
+}
+
+/// Report a refused host call, or that it was (wrongly) accepted.
+fn answer<T>(what: &str, result: Result<T, sandport_guest::types::HostError>) {
+    match result {
+        Ok(_) => host::send(format!("+OK {what} accepted\n").as_bytes()),
+        Err(e) => host::send(format!("-ERR {what}: {:?} {}\n", e.code, e.message).as_bytes()),
+    }
+}
+
+fn command(line: &str) {
+    let (command, rest) = line.split_once(' ').unwrap_or((line, ""));
+    match command {
+        "echo" => host::send(format!("{rest}\n").as_bytes()),
+        "will" => {
+            let (topic, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            let will = Will { message: message(topic, text), delay_secs: 0 };
+            match host::set_will(Some(&will)) {
+                Ok(()) => host::send(b"+OK\n"),
+                Err(e) => host::send(format!("-ERR {}\n", e.message).as_bytes()),
+            }
+        }
+        "loop" => spin(),
+        "panic" => panic!("asked to panic"),
+        "unreachable" => trap_unreachable(),
+        "oom" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1; 1 << 20]);
+                black_box(&hoard);
+            }
+        }
+        "recurse" => {
+            black_box(recurse(0));
+        }
+        "flood" => {
+            let chunk = vec![b'x'; 64 * 1024];
+            loop {
+                host::send(&chunk);
+            }
+        }
+        "publish-flood" => loop {
+            let _ = host::publish(&message("flood/x", vec![b'x'; 64 * 1024]));
+        },
+        "deliver-loop" => {
+            answer("subscribe", host::subscribe(rest, &wildcard_subscription()));
+            LOOP_IN_DELIVER.set(true);
+        }
+        "timer-loop" => {
+            LOOP_IN_TIMER.set(true);
+            host::set_timer(10);
+        }
+        "close-loop" => {
+            LOOP_IN_CLOSE.set(true);
+            host::send(b"+OK\n");
+        }
+        "huge-topic" => answer("huge topic", host::publish(&message("t".repeat(100_000), "x"))),
+        "huge-headers" => {
+            let mut msg = message("ok/headers", "x");
+            msg.headers = (0..5000).map(|i| (format!("h{i}"), "v".to_string())).collect();
+            answer("huge headers", host::publish(&msg));
+        }
+        "bad-ids" => {
+            answer("unsubscribe", host::unsubscribe(987_654));
+            answer("ack", host::ack(123_456_789));
+        }
+        "outside-grants" => {
+            answer("publish", host::publish(&message("forbidden/x", "x")));
+            answer("subscribe", host::subscribe("#", &wildcard_subscription()));
+        }
+        _ => host::send(b"unknown\n"),
+    }
+}
+
 impl Handler for Hostile {
     fn describe() -> ProtocolInfo {
         ProtocolInfo {
             name: "hostile".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            framing: Framing::Delimiter(b"\n".to_vec()),
+            framing: Framing::Guest,
             speaks_first: false,
             settings: Vec::new(),
         }
@@ -60,55 +156,58 @@ impl Handler for Hostile {
         ProbeResult::NoMatch
     }
 
-    fn frame_lengths(_buffer: Vec<u8>) -> FrameScan {
-        FrameScan { complete: Vec::new(), next: NextFrame::Unknown }
+    fn frame_lengths(buffer: Vec<u8>) -> FrameScan {
+        let lie = |complete: Vec<u32>, next| FrameScan { complete, next };
+        if buffer.starts_with(b"frame-loop") {
+            spin();
+        } else if buffer.starts_with(b"frame-zero") {
+            return lie(vec![0], NextFrame::Unknown);
+        } else if buffer.starts_with(b"frame-long") {
+            return lie(vec![buffer.len() as u32 + 10], NextFrame::Unknown);
+        } else if buffer.starts_with(b"frame-huge") {
+            return lie(Vec::new(), NextFrame::Needs(u32::MAX));
+        }
+        let mut complete = Vec::new();
+        let mut start = 0;
+        for (at, byte) in buffer.iter().enumerate() {
+            if *byte == b'\n' {
+                complete.push((at + 1 - start) as u32);
+                start = at + 1;
+            }
+        }
+        FrameScan { complete, next: NextFrame::Unknown }
     }
 
-    fn on_open(_info: ConnectionInfo) {}
+    fn on_open(info: ConnectionInfo) {
+        if info.listener == "loop-open" {
+            spin();
+        }
+    }
 
     fn on_frames(frames: Vec<Vec<u8>>) -> Result<(), String> {
         for frame in frames {
-            let line = String::from_utf8_lossy(&frame).trim_end().to_string();
-            let (command, rest) = line.split_once(' ').unwrap_or((&line, ""));
-            match command {
-                "echo" => host::send(format!("{rest}\n").as_bytes()),
-                "will" => {
-                    let (topic, text) = rest.split_once(' ').unwrap_or((rest, ""));
-                    let will = Will { message: message(topic, text), delay_secs: 0 };
-                    match host::set_will(Some(&will)) {
-                        Ok(()) => host::send(b"+OK\n"),
-                        Err(e) => host::send(format!("-ERR {}\n", e.message).as_bytes()),
-                    }
-                }
-                "loop" => spin(),
-                "panic" => panic!("asked to panic"),
-                "oom" => {
-                    let mut hoard: Vec<Vec<u8>> = Vec::new();
-                    loop {
-                        hoard.push(vec![1; 1 << 20]);
-                        black_box(&hoard);
-                    }
-                }
-                "recurse" => {
-                    black_box(recurse(0));
-                }
-                "flood" => {
-                    let chunk = vec![b'x'; 64 * 1024];
-                    loop {
-                        host::send(&chunk);
-                    }
-                }
-                _ => host::send(b"unknown\n"),
-            }
+            command(String::from_utf8_lossy(&frame).trim_end());
         }
         Ok(())
     }
 
-    fn on_deliver(_batch: Vec<Delivery>) {}
+    fn on_deliver(_batch: Vec<Delivery>) {
+        if LOOP_IN_DELIVER.get() {
+            spin();
+        }
+    }
 
-    fn on_timer() {}
+    fn on_timer() {
+        if LOOP_IN_TIMER.get() {
+            spin();
+        }
+    }
 
-    fn on_close(_reason: CloseReason) {}
+    fn on_close(_reason: CloseReason) {
+        if LOOP_IN_CLOSE.get() {
+            spin();
+        }
+    }
 }
 
 // Exported only in the component build; natively the crate is a plain

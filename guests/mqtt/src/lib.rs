@@ -16,7 +16,8 @@
 //! QoS 2 publishes a client may have open, default 65535),
 //! `topic_alias_maximum` (default 10), `max_keep_alive` (seconds; MQTT 5
 //! clients asking for more, or for none, are told this value; default 0 =
-//! grant what they ask).
+//! grant what they ask), `connect_timeout_ms` (how long a new connection may
+//! take to send CONNECT, default 10000).
 
 // Natively (tests, fuzzing) nothing is exported, so the handler looks unused.
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
@@ -68,9 +69,11 @@ impl Handler for Mqtt {
     }
 
     fn on_open(info: ConnectionInfo) {
-        CONN.with_borrow_mut(|conn| {
-            conn.limits = Limits::from_settings(&info.settings, info.max_frame_bytes)
-        });
+        let limits = Limits::from_settings(&info.settings, info.max_frame_bytes);
+        // A client that connects and never sends CONNECT is closed; the
+        // keep-alive replaces this once CONNECT arrives.
+        host::set_idle_timeout(limits.connect_timeout_ms);
+        CONN.with_borrow_mut(|conn| conn.limits = limits);
     }
 
     fn on_frames(frames: Vec<Vec<u8>>) -> Result<(), String> {

@@ -11,7 +11,8 @@ use sandport_guest::host;
 use sandport_guest::types::{KvCondition, KvScope, KvSetOptions, LogLevel};
 
 /// Settings from `[protocols.NAME.settings]`.
-pub const SETTINGS: [&str; 3] = ["receive_maximum", "topic_alias_maximum", "max_keep_alive"];
+pub const SETTINGS: [&str; 4] =
+    ["receive_maximum", "topic_alias_maximum", "max_keep_alive", "connect_timeout_ms"];
 
 /// Server-side limits announced in CONNACK.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +25,8 @@ pub struct Limits {
     pub max_keep_alive: u16,
     /// Largest packet the host accepts.
     pub maximum_packet_size: u32,
+    /// How long a client has to send CONNECT.
+    pub connect_timeout_ms: u32,
 }
 
 impl Default for Limits {
@@ -33,6 +36,7 @@ impl Default for Limits {
             topic_alias_maximum: 10,
             max_keep_alive: 0,
             maximum_packet_size: 1 << 20,
+            connect_timeout_ms: 10_000,
         }
     }
 }
@@ -42,6 +46,16 @@ impl Limits {
     pub fn from_settings(settings: &[(String, String)], maximum_packet_size: u32) -> Self {
         let mut limits = Limits { maximum_packet_size, ..Limits::default() };
         for (name, value) in settings {
+            if name == "connect_timeout_ms" {
+                match value.parse::<u32>() {
+                    Ok(ms) if ms > 0 => limits.connect_timeout_ms = ms,
+                    _ => host::log(
+                        LogLevel::Warn,
+                        &format!("setting {name} = {value:?} is not a positive number; ignored"),
+                    ),
+                }
+                continue;
+            }
             let slot = match name.as_str() {
                 "receive_maximum" => &mut limits.receive_maximum,
                 "topic_alias_maximum" => &mut limits.topic_alias_maximum,

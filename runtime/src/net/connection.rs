@@ -119,6 +119,11 @@ pub async fn serve(listener: Arc<ListenerInfo>, tcp: TcpStream, peer: SocketAddr
     };
     let protocol = chosen.protocol;
     let metrics = &protocol.env.metrics;
+    if let Some(left) = protocol.env.breaker.open_for(std::time::Instant::now()) {
+        ProtocolMetrics::bump(&metrics.connections_refused);
+        tracing::warn!(protocol = %protocol.env.name, %peer, left_ms = left.as_millis() as u64, "connection refused: the protocol's crash-loop breaker is open");
+        return;
+    }
     let Ok(_permit) = protocol.permits.clone().try_acquire_owned() else {
         ProtocolMetrics::bump(&metrics.connections_refused);
         tracing::warn!(protocol = %protocol.env.name, %peer, "connection refused: max_connections reached");
@@ -160,6 +165,8 @@ pub async fn serve(listener: Arc<ListenerInfo>, tcp: TcpStream, peer: SocketAddr
         guest_needs: 0,
         idle: None,
         last_read: Instant::now(),
+        partial_since: None,
+        frame_timeout: Duration::from_millis(protocol.env.limits.frame_timeout_ms),
         timer_at: None,
         batch_bytes: protocol.env.limits.outbound_buffer_bytes / 2,
         shutdown: listener.shutdown.clone(),
@@ -231,6 +238,10 @@ struct Connection {
     guest_needs: usize,
     idle: Option<Duration>,
     last_read: Instant,
+    /// When the buffered, still incomplete frame started to arrive.
+    partial_since: Option<Instant>,
+    /// How long a frame may take to arrive completely.
+    frame_timeout: Duration,
     timer_at: Option<Instant>,
     /// Most delivery bytes per `on-deliver` call (half the outbound buffer).
     batch_bytes: usize,
@@ -296,16 +307,21 @@ impl Connection {
 
     fn next_deadline(&self) -> Option<Instant> {
         let idle_at = self.idle.map(|idle| self.last_read + idle);
-        match (idle_at, self.timer_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let frame_at = self.partial_since.map(|since| since + self.frame_timeout);
+        [idle_at, self.timer_at, frame_at].into_iter().flatten().min()
     }
 
     async fn on_deadline(&mut self) -> Result<(), End> {
         let now = Instant::now();
         if self.idle.is_some_and(|idle| now >= self.last_read + idle) {
             return Err(End::IdleTimeout);
+        }
+        if self.partial_since.is_some_and(|since| now >= since + self.frame_timeout) {
+            let env = &self.protocol.env;
+            ProtocolMetrics::bump(&env.metrics.framing_errors);
+            let why = format!("a frame took longer than {} ms to arrive", self.frame_timeout.as_millis());
+            tracing::info!(protocol = %env.name, peer = %self.peer, "closing: {why}");
+            return Err(End::Framing(why));
         }
         if self.timer_at.is_some_and(|at| now >= at) {
             self.timer_at = None;
@@ -323,6 +339,11 @@ impl Connection {
                 _ => self.native_frames()?,
             };
             if frames.is_empty() {
+                // A partial frame starts the clock against trickling clients.
+                self.partial_since = match self.inbuf.is_empty() {
+                    true => None,
+                    false => self.partial_since.or(Some(Instant::now())),
+                };
                 return Ok(());
             }
             let metrics = &self.protocol.env.metrics;
@@ -462,7 +483,7 @@ impl Connection {
 
     fn fault(&self, fault: Fault) -> End {
         let env = &self.protocol.env;
-        ProtocolMetrics::bump(fault.counter(&env.metrics));
+        env.record_fault(&fault);
         tracing::warn!(protocol = %env.name, peer = %self.peer, conn = self.mailbox.connection, "guest stopped: {fault}");
         End::Fault(fault)
     }

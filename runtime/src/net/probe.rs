@@ -14,7 +14,6 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 
-use crate::metrics::ProtocolMetrics;
 use crate::wasm::bindings::types::ProbeResult;
 use crate::wasm::guest::Guest;
 use crate::wasm::protocol::Protocol;
@@ -118,8 +117,7 @@ async fn ask(live: &mut Vec<Candidate>, prefix: &[u8]) {
         match candidate.guest.probe(prefix).await {
             Ok(verdict) => candidate.verdict = verdict,
             Err(fault) => {
-                let metrics = &candidate.protocol.env.metrics;
-                ProtocolMetrics::bump(fault.counter(metrics));
+                candidate.protocol.env.record_fault(&fault);
                 tracing::warn!(protocol = %candidate.protocol.env.name, "probe failed: {fault}");
                 candidate.verdict = ProbeResult::NoMatch;
             }

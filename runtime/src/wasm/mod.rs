@@ -2,6 +2,7 @@
 //! and the native implementation of the `host` interface.
 
 pub mod bindings;
+pub mod breaker;
 pub mod engine;
 pub mod guest;
 pub mod host;

@@ -18,6 +18,7 @@ use crate::metrics::ProtocolMetrics;
 use crate::net::framing::Framing;
 use crate::registry::ConnectionRegistry;
 use crate::wasm::bindings::{Protocol as World, ProtocolPre as WorldPre};
+use crate::wasm::breaker::{Breaker, Tripped};
 use crate::wasm::engine::deadline_ticks;
 use crate::wasm::guest::{Fault, Guest};
 use crate::wasm::state::GuestState;
@@ -48,6 +49,25 @@ pub struct ProtocolEnv {
     pub guest_output_bytes: usize,
     /// `[protocols.NAME.settings]` as name/value text.
     pub settings: Vec<(String, String)>,
+    /// Refuses new connections while the guest keeps faulting.
+    pub breaker: Breaker,
+}
+
+impl ProtocolEnv {
+    /// Count a guest fault and feed the crash-loop breaker.
+    pub fn record_fault(&self, fault: &Fault) {
+        ProtocolMetrics::bump(fault.counter(&self.metrics));
+        if let Tripped::Open(backoff) = self.breaker.fault(std::time::Instant::now()) {
+            ProtocolMetrics::bump(&self.metrics.breaker_trips);
+            tracing::warn!(
+                protocol = %self.name,
+                backoff_ms = backoff.as_millis() as u64,
+                "crash-loop breaker tripped: {} guest faults within {} ms; new connections are refused until the backoff ends",
+                self.limits.max_faults,
+                self.limits.fault_window_ms
+            );
+        }
+    }
 }
 
 /// What `describe` returned, validated.

@@ -1,0 +1,52 @@
+//! `greedy`: a test-only guest whose `probe` claims every connection with
+//! the highest confidence. On a port it shares, it wins every client; the
+//! tests show that the harm stays on that port (a shared port is a trust
+//! decision of the operator) and that the broker carries on.
+
+// Natively nothing is exported, so the handler looks unused.
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+
+use sandport_guest::types::{
+    CloseReason, ConnectionInfo, Delivery, FrameScan, Framing, NextFrame, ProbeResult, ProtocolInfo,
+};
+use sandport_guest::{Handler, host};
+
+struct Greedy;
+
+impl Handler for Greedy {
+    fn describe() -> ProtocolInfo {
+        ProtocolInfo {
+            name: "greedy".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            framing: Framing::Delimiter(b"\n".to_vec()),
+            speaks_first: false,
+            settings: Vec::new(),
+        }
+    }
+
+    fn probe(_prefix: Vec<u8>) -> ProbeResult {
+        ProbeResult::Matched(u8::MAX)
+    }
+
+    fn frame_lengths(_buffer: Vec<u8>) -> FrameScan {
+        FrameScan { complete: Vec::new(), next: NextFrame::Unknown }
+    }
+
+    fn on_open(_info: ConnectionInfo) {}
+
+    fn on_frames(frames: Vec<Vec<u8>>) -> Result<(), String> {
+        for _ in frames {
+            host::send(b"mine\n");
+        }
+        Ok(())
+    }
+
+    fn on_deliver(_batch: Vec<Delivery>) {}
+
+    fn on_timer() {}
+
+    fn on_close(_reason: CloseReason) {}
+}
+
+#[cfg(target_arch = "wasm32")]
+sandport_guest::export!(Greedy);
