@@ -25,6 +25,8 @@
 mod codec;
 mod connect;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod packets;
 mod properties;
 mod publish;

@@ -12,6 +12,8 @@
 // Natively (tests, fuzzing) nothing is exported, so the handler looks unused.
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
+#[doc(hidden)]
+pub mod fuzzing;
 mod wire;
 
 use std::cell::RefCell;

@@ -15,7 +15,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use crate::config::{Grants, Limits};
 use crate::kv::Kv;
 use crate::metrics::ProtocolMetrics;
-use crate::net::framing::Framing;
+use crate::net::framing::{self, Framing};
 use crate::registry::ConnectionRegistry;
 use crate::wasm::bindings::{Protocol as World, ProtocolPre as WorldPre};
 use crate::wasm::breaker::{Breaker, Tripped};
@@ -226,7 +226,7 @@ impl Protocol {
         if info.name.is_empty() || info.name.len() > MAX_PROTOCOL_NAME {
             return Err(describe_error(format!("name must be 1 to {MAX_PROTOCOL_NAME} bytes")));
         }
-        let framing = Framing::from_declared(&info.framing).map_err(|e| describe_error(e.to_string()))?;
+        let framing = framing::from_declared(&info.framing).map_err(|e| describe_error(e.to_string()))?;
         let mut version = info.version;
         version.truncate(version.floor_char_boundary(MAX_PROTOCOL_NAME));
         if info.settings.len() > MAX_SETTINGS || info.settings.iter().any(|s| s.len() > MAX_PROTOCOL_NAME) {

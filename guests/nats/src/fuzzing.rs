@@ -1,0 +1,32 @@
+//! Entry point for fuzzers (`fuzz/`) and the fuzz smoke test: run the
+//! frame scanner, the parser and the subject mapping on arbitrary bytes and
+//! check their invariants. Pure: no host calls.
+
+use crate::{subject, wire};
+
+/// Payload limit used while fuzzing, small so limits are reached.
+const MAX_PAYLOAD: usize = 4096;
+
+/// Scan `data` into frames, parse each, and map any subject both ways.
+pub fn stream(data: &[u8]) {
+    let (complete, needs) = wire::scan(data, MAX_PAYLOAD);
+    let mut at = 0usize;
+    for len in complete {
+        let len = len as usize;
+        assert!(len > 0, "empty frame");
+        assert!(at + len <= data.len(), "frame beyond the buffer");
+        let _ = wire::parse(&data[at..at + len], MAX_PAYLOAD);
+        at += len;
+    }
+    if let Some(needs) = needs {
+        assert!(needs as usize > data.len() - at, "asks for bytes it already has");
+    }
+    let _ = wire::parse_headers(data);
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(topic) = subject::to_topic(text, false) {
+            assert_eq!(subject::from_topic(&topic), text, "subject -> topic -> subject");
+        }
+        let _ = subject::to_topic(text, true);
+        let _ = subject::matches(text, "a.b.c");
+    }
+}
