@@ -276,6 +276,31 @@ mod tests {
     }
 
     #[test]
+    fn settings_become_limits() {
+        let settings: Vec<(String, String)> = [
+            ("receive_maximum", "20"),
+            ("topic_alias_maximum", "0"),
+            ("max_keep_alive", "30"),
+            ("connect_timeout_ms", "2500"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let limits = Limits::from_settings(&settings, 4096);
+        assert_eq!(
+            limits,
+            Limits {
+                receive_maximum: 20,
+                topic_alias_maximum: 0,
+                max_keep_alive: 30,
+                maximum_packet_size: 4096,
+                connect_timeout_ms: 2500,
+            }
+        );
+        assert_eq!(Limits::from_settings(&[], 1 << 20), Limits::default());
+    }
+
+    #[test]
     fn packet_id_lists_round_trip() {
         let ids = [1u16, 300, 65_535];
         assert_eq!(decode_ids(&encode_ids(ids.into_iter())).collect::<Vec<_>>(), ids);
