@@ -167,6 +167,7 @@ impl TestBroker {
 pub struct BrokerProcess {
     child: tokio::process::Child,
     addrs: std::collections::HashMap<String, std::net::SocketAddr>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl BrokerProcess {
@@ -196,9 +197,29 @@ impl BrokerProcess {
         })
         .await
         .expect("listening in time");
-        // Keep draining the log so the broker never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        BrokerProcess { child, addrs }
+        // Keep draining the log so the broker never blocks on a full pipe,
+        // and keep it for tests that check what was logged.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        BrokerProcess { child, addrs, log }
+    }
+
+    /// Wait until a log line containing every one of `needles` appears; returns it.
+    pub async fn wait_log(&self, needles: &[&str]) -> String {
+        for _ in 0..200 {
+            let found =
+                self.log.lock().unwrap().iter().find(|l| needles.iter().all(|n| l.contains(n))).cloned();
+            if let Some(line) = found {
+                return line;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no log line with {needles:?}; log:\n{}", self.log.lock().unwrap().join("\n"));
     }
 
     /// Address of listener `name`.

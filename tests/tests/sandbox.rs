@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use sandport_tests::{LineClient, TestBroker, guest, sandport_bin};
+use sandport_tests::{BrokerProcess, LineClient, TestBroker, guest, sandport_bin, with_guest_paths};
 
 const CONFIG: &str = r#"
     [[listeners]]
@@ -351,4 +351,37 @@ async fn connection_floods_are_held_by_the_caps() {
     assert!(fifth.expect_closed().await.is_empty());
     assert_eq!(broker.counter("echo", "connections_refused"), 1);
     broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_misbehaviour_leaves_a_clear_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hostile.toml");
+    let config = CONFIG.replace(
+        "frame_timeout_ms = 500",
+        "frame_timeout_ms = 500\n    max_faults = 6\n    fault_window_ms = 60000\n    fault_backoff_ms = 60000",
+    );
+    std::fs::write(&path, with_guest_paths(&format!("[storage]\nengine = \"memory\"\n{config}"))).unwrap();
+    let broker = BrokerProcess::start(&path, &["hostile", "echo"]).await;
+    let expectations: [(&str, &[&str]); 6] = [
+        ("loop", &["guest stopped", "deadline"]),
+        ("panic", &["guest stopped", "trap"]),
+        ("oom", &["guest stopped", "memory"]),
+        ("flood", &["guest stopped", "outbound buffer"]),
+        ("publish-flood", &["guest stopped", "passed more than"]),
+        ("frame-zero", &["guest stopped", "frame-lengths returned a frame of 0 bytes"]),
+    ];
+    for (command, needles) in expectations {
+        let mut attacker = LineClient::connect(broker.addr("hostile")).await;
+        attacker.send_line(command).await;
+        attacker.expect_closed().await;
+        let line = broker.wait_log(needles).await;
+        assert!(line.contains("protocol=\"hostile\"") || line.contains("protocol=hostile"), "{line}");
+    }
+    // The sixth fault tripped the breaker, which says so and then refuses with a reason.
+    broker.wait_log(&["crash-loop breaker tripped", "hostile"]).await;
+    let mut refused = LineClient::connect(broker.addr("hostile")).await;
+    refused.expect_closed().await;
+    broker.wait_log(&["connection refused", "crash-loop breaker is open"]).await;
+    broker.terminate().await;
 }

@@ -182,7 +182,21 @@ fn classify(store: &Store<GuestState>, error: wasmtime::Error) -> Fault {
     if store.data().limiter.refused {
         return Fault::OutOfMemory;
     }
-    let mut text = format!("{error:#}");
+    // One log line: the trap and the guest function it hit, not the whole backtrace.
+    let trap = error.downcast_ref::<Trap>().map(Trap::to_string);
+    let function = error.downcast_ref::<wasmtime::WasmBacktrace>().and_then(|backtrace| {
+        backtrace.frames().first().and_then(|frame| frame.func_name().map(str::to_string))
+    });
+    let mut text = match (trap, function) {
+        (Some(trap), Some(function)) => format!("{trap} (in {function})"),
+        (Some(trap), None) => trap,
+        _ => format!("{error:#}")
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" | "),
+    };
     text.truncate(text.floor_char_boundary(MAX_FAULT_TEXT));
     Fault::Trap(text)
 }
