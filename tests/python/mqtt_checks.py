@@ -53,7 +53,7 @@ class Conn:
     """One paho client with queues for what the broker sends it."""
 
     def __init__(self, port, client_id="", version=5, clean=True, keepalive=60, properties=None,
-                 will=None, transport="tcp", manual_ack=False, loop=True, user=None, expect_refusal=False):
+                 will=None, transport="tcp", manual_ack=False, loop=True, user=None, expect_refusal=False, tls=None):
         self.version = version
         kwargs = {}
         if version != 5:
@@ -62,6 +62,8 @@ class Conn:
                              transport=transport, manual_ack=manual_ack, reconnect_on_failure=False, **kwargs)
         if user:
             self.c.username_pw_set(*user)
+        if tls:
+            self.c.tls_set(**tls)
         if will:
             self.c.will_set(**will)
         self.messages = queue.Queue()

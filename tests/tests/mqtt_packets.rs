@@ -21,6 +21,7 @@ const CONFIG: &str = r#"
     max_frame_bytes = 1024
     [protocols.mqtt.settings]
     connect_timeout_ms = 500
+    receive_maximum = 2
 "#;
 
 const QUIET: Duration = Duration::from_millis(400);
@@ -228,5 +229,21 @@ async fn a_client_that_never_sends_connect_is_closed() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     client.send(&[0xc0, 0]).await;
     assert_eq!(client.read(2).await, [0xd0, 0], "still connected");
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_receive_maximum_is_enforced() {
+    let broker = TestBroker::start(CONFIG).await;
+    let (mut client, connack) = RawClient::connect_v5(broker.addr("mqtt"), "eager", true, &[]).await;
+    assert!(connack.windows(3).any(|w| w == [0x21, 0, 2]), "receive maximum 2 announced: {connack:?}");
+    // Two unreleased QoS 2 messages are allowed; a third one is a violation.
+    for id in 1..=2u8 {
+        client.send(&publish_v5("rm/x", 2, id.into(), false, &[], b"x")).await;
+        // PUBREC, success with "no matching subscribers" (0x10).
+        assert_eq!(client.read(5).await, [0x50, 3, 0, id, 0x10]);
+    }
+    client.send(&publish_v5("rm/x", 2, 3, false, &[], b"x")).await;
+    assert_eq!(disconnect_reason(&mut client).await, 0x93, "receive maximum exceeded");
     broker.shutdown().await;
 }

@@ -187,7 +187,7 @@ async fn transport(
     peer: SocketAddr,
     id: u64,
 ) -> Option<(BoxedStream, Transport, Option<String>)> {
-    let (stream, mut transport, user): (BoxedStream, _, _) = match &listener.tls {
+    let (stream, kind, user): (BoxedStream, _, _) = match &listener.tls {
         None => (Box::new(tcp), Transport::Tcp, None),
         Some(acceptor) => {
             let handshake = tokio::select! {
@@ -204,7 +204,7 @@ async fn transport(
         }
     };
     if listener.transport == ListenerTransport::Tcp {
-        return Some((stream, transport, user));
+        return Some((stream, kind, user));
     }
     let max_message = listener.candidates.iter().map(|p| p.env.limits.max_frame_bytes as usize).max();
     let max_message = max_message.unwrap_or(0).max(64 * 1024);
@@ -215,8 +215,7 @@ async fn transport(
     match upgrade {
         Ok((pipe, subprotocol)) => {
             tracing::debug!(listener = %listener.name, %peer, conn = id, ?subprotocol, "WebSocket upgraded");
-            transport = Transport::Websocket;
-            Some((Box::new(pipe), transport, user))
+            Some((Box::new(pipe), Transport::Websocket, user))
         }
         Err(e) => {
             tracing::info!(listener = %listener.name, %peer, conn = id, "closing: {e}");
@@ -340,10 +339,8 @@ impl Connection {
             };
             if frames.is_empty() {
                 // A partial frame starts the clock against trickling clients.
-                self.partial_since = match self.inbuf.is_empty() {
-                    true => None,
-                    false => self.partial_since.or(Some(Instant::now())),
-                };
+                self.partial_since =
+                    if self.inbuf.is_empty() { None } else { self.partial_since.or(Some(Instant::now())) };
                 return Ok(());
             }
             let metrics = &self.protocol.env.metrics;
