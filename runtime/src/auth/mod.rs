@@ -117,11 +117,6 @@ impl Auth {
         }
     }
 
-    /// Everyone admitted, no rules: for tools and tests.
-    pub fn open() -> Self {
-        Self::new(&AuthConfig::default())
-    }
-
     /// Whether any user is configured.
     pub fn has_users(&self) -> bool {
         !self.users.is_empty()
@@ -298,7 +293,7 @@ mod tests {
 
     #[test]
     fn without_users_credentials_are_not_checked() {
-        let auth = Auth::open();
+        let auth = Auth::new(&AuthConfig::default());
         let any = credentials(Some("who"), Some("ever"), None);
         assert_eq!(auth.authenticate(&any, &conn(true)).unwrap().name(), "anonymous");
         assert!(auth.authenticate(&any, &conn(false)).is_err());

@@ -1,7 +1,7 @@
 //! Native framers, from the `sandport-framing` crate, and the check of
 //! the framing a guest declares in `describe`.
 
-pub use sandport_framing::{Framing, FramingError, MAX_DELIMITER};
+pub use sandport_framing::{Framing, FramingError};
 
 use crate::wasm::bindings::types;
 
