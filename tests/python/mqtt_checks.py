@@ -260,7 +260,13 @@ def v311_persistent_session(port):
     pub.publish(topic("p/x"), b"qos 0 may be dropped", qos=0)
     back = Conn(port, client_id=me, version=4, clean=False)
     assert back.session_present, "the session should be resumed"
-    got = sorted(m.payload for m in back.take(3))
+    # The QoS 0 message may be queued for the offline session or not (both
+    # brokers and the specification allow either); the others must arrive.
+    optional = b"qos 0 may be dropped"
+    got = [m.payload for m in back.take(3)]
+    if optional in got:
+        got += [m.payload for m in back.take(1)]
+    got = sorted(p for p in got if p != optional)
     assert got == [b"queued 0", b"queued 1", b"queued 2"], got
     back.disconnect()
     clean = Conn(port, client_id=me, version=4, clean=True)
