@@ -26,7 +26,7 @@ use crate::router::Router;
 use crate::sessions::{QueueSettings, Sessions, unix_now};
 use crate::store::{Snapshot, Store, StoreError};
 use crate::wasm::breaker::Breaker;
-use crate::wasm::engine::{EpochClock, PoolSize, build_engine};
+use crate::wasm::engine::{EpochClock, MAX_FIBER_STACKS, PoolSize, build_engine};
 use crate::wasm::protocol::{LoadError, Protocol, ProtocolEnv, build_linker};
 
 /// Broker version, reported to guests.
@@ -132,6 +132,11 @@ impl Broker {
             .map(|l| l.max_connections.saturating_mul(l.protocols.len() as u32))
             .fold(SPARE_INSTANCES, u32::saturating_add);
         let memory_bytes = config.protocols.values().map(|p| p.limits.memory_bytes).max().unwrap_or(1 << 20);
+        if instances > MAX_FIBER_STACKS {
+            tracing::info!(
+                "the connection caps add up to {instances}; at most {MAX_FIBER_STACKS} connections are served at once"
+            );
+        }
         let engine = build_engine(PoolSize { instances, memory_bytes })
             .map_err(|e| StartError::Engine(format!("{e:#}")))?;
         let linker = build_linker(&engine).map_err(|e| StartError::Engine(format!("{e:#}")))?;

@@ -373,8 +373,8 @@ fn deliver_waiting(state: &mut State, out: &mut Vec<u8>) {
 }
 
 fn deliver(state: &mut State, delivery: Delivery, out: &mut Vec<u8>) {
-    let Some(sid) = state.by_host_id.get(&delivery.subscription).cloned() else { return };
-    let Some(sub) = state.subs.get_mut(&sid) else { return };
+    let Some(sid) = state.by_host_id.get(&delivery.subscription) else { return };
+    let Some(sub) = state.subs.get_mut(sid) else { return };
     let message = delivery.message;
     let subject = subject::from_topic(&message.topic);
     // `a.>` needs a token after `a`; the canonical `a/#` also matches `a`.
@@ -384,10 +384,11 @@ fn deliver(state: &mut State, delivery: Delivery, out: &mut Vec<u8>) {
     let reply = message.reply_to.as_deref().map(subject::from_topic);
     let headers =
         (state.headers && !message.headers.is_empty()).then(|| wire::encode_headers(None, &message.headers));
-    wire::put_message(out, &subject, &sid, reply.as_deref(), headers.as_deref(), &message.payload);
+    wire::put_message(out, &subject, sid, reply.as_deref(), headers.as_deref(), &message.payload);
     if let Some(remaining) = &mut sub.remaining {
         *remaining -= 1;
         if *remaining == 0 {
+            let sid = sid.clone();
             remove(state, &sid);
         }
     }

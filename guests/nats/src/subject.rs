@@ -12,51 +12,70 @@
 /// Why a subject is refused.
 pub type SubjectError = &'static str;
 
-fn escape(token: &str) -> String {
-    token.replace('%', "%25").replace('/', "%2F")
+/// Append `token` with `%` and `/` percent-escaped.
+fn escape_into(topic: &mut String, token: &str) {
+    if !token.contains(['%', '/']) {
+        topic.push_str(token);
+        return;
+    }
+    for c in token.chars() {
+        match c {
+            '%' => topic.push_str("%25"),
+            '/' => topic.push_str("%2F"),
+            c => topic.push(c),
+        }
+    }
 }
 
-fn unescape(level: &str) -> String {
-    level.replace("%2F", "/").replace("%25", "%")
+/// Append `level` with the escapes of [`escape_into`] undone.
+fn unescape_into(subject: &mut String, level: &str) {
+    if !level.contains('%') {
+        subject.push_str(level);
+        return;
+    }
+    subject.push_str(&level.replace("%2F", "/").replace("%25", "%"));
 }
 
 /// Check a subject (or, with `wildcards`, a subscription subject) and
-/// return its canonical form.
+/// return its canonical form. One pass and one allocation: it runs for
+/// every published message.
 pub fn to_topic(subject: &str, wildcards: bool) -> Result<String, SubjectError> {
     if subject.is_empty() {
         return Err("empty subject");
     }
-    let tokens: Vec<&str> = subject.split('.').collect();
-    let mut levels = Vec::with_capacity(tokens.len());
-    for (i, token) in tokens.iter().enumerate() {
-        if token.is_empty() || token.contains(|c: char| c.is_whitespace()) {
+    let mut topic = String::with_capacity(subject.len());
+    let mut tokens = subject.split('.').peekable();
+    while let Some(token) = tokens.next() {
+        let last = tokens.peek().is_none();
+        if token.is_empty() || token.contains(char::is_whitespace) {
             return Err("empty token or whitespace");
         }
-        let level = match *token {
-            "*" if wildcards => "+".to_string(),
-            ">" if wildcards && i + 1 == tokens.len() => "#".to_string(),
-            _ if token.contains(['*', '>']) && wildcards && token.len() == 1 => {
-                return Err("misplaced wildcard");
-            }
-            _ => {
-                if token.contains(['+', '#']) {
-                    // Canonical topics reserve these for wildcards.
-                    return Err("'+' and '#' are not allowed in subjects here");
-                }
-                if !wildcards && (*token == "*" || *token == ">") {
-                    return Err("wildcards in a publish subject");
-                }
-                escape(token)
-            }
-        };
-        levels.push(level);
+        if !topic.is_empty() {
+            topic.push('/');
+        }
+        match token {
+            "*" if wildcards => topic.push('+'),
+            ">" if wildcards && last => topic.push('#'),
+            ">" if wildcards => return Err("misplaced wildcard"),
+            "*" | ">" => return Err("wildcards in a publish subject"),
+            // Canonical topics reserve these for wildcards.
+            _ if token.contains(['+', '#']) => return Err("'+' and '#' are not allowed in subjects here"),
+            _ => escape_into(&mut topic, token),
+        }
     }
-    Ok(levels.join("/"))
+    Ok(topic)
 }
 
 /// The NATS subject of a canonical topic.
 pub fn from_topic(topic: &str) -> String {
-    topic.split('/').map(unescape).collect::<Vec<_>>().join(".")
+    let mut subject = String::with_capacity(topic.len());
+    for (i, level) in topic.split('/').enumerate() {
+        if i > 0 {
+            subject.push('.');
+        }
+        unescape_into(&mut subject, level);
+    }
+    subject
 }
 
 /// Does subscription `subject` (NATS syntax) match the concrete `subject`?

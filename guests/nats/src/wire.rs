@@ -191,24 +191,58 @@ pub fn put_message(
     headers: Option<&[u8]>,
     payload: &[u8],
 ) {
-    let reply = reply.map(|r| format!(" {r}")).unwrap_or_default();
-    match headers {
-        Some(headers) => {
-            let total = headers.len() + payload.len();
-            out.extend_from_slice(
-                format!("HMSG {subject} {sid}{reply} {} {total}\r\n", headers.len()).as_bytes(),
-            );
-            out.extend_from_slice(headers);
-        }
-        None => out.extend_from_slice(format!("MSG {subject} {sid}{reply} {}\r\n", payload.len()).as_bytes()),
+    // Runs for every delivery: pieces appended directly, no `format!`.
+    out.extend_from_slice(if headers.is_some() { b"HMSG " } else { b"MSG " });
+    out.extend_from_slice(subject.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(sid.as_bytes());
+    if let Some(reply) = reply {
+        out.push(b' ');
+        out.extend_from_slice(reply.as_bytes());
+    }
+    out.push(b' ');
+    if let Some(headers) = headers {
+        put_decimal(out, headers.len());
+        out.push(b' ');
+        put_decimal(out, headers.len() + payload.len());
+    } else {
+        put_decimal(out, payload.len());
+    }
+    out.extend_from_slice(b"\r\n");
+    if let Some(headers) = headers {
+        out.extend_from_slice(headers);
     }
     out.extend_from_slice(payload);
     out.extend_from_slice(b"\r\n");
 }
 
+/// Append `n` in decimal.
+fn put_decimal(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_are_written_whole() {
+        let mut out = Vec::new();
+        put_message(&mut out, "a.b", "7", Some("_INBOX.1"), None, b"hello");
+        put_message(&mut out, "c", "1", None, Some(b"NATS/1.0\r\n\r\n"), b"");
+        put_decimal(&mut out, 0);
+        assert_eq!(out, b"MSG a.b 7 _INBOX.1 5\r\nhello\r\nHMSG c 1 12 12\r\nNATS/1.0\r\n\r\n\r\n0");
+    }
 
     #[test]
     fn scan_finds_lines_and_payloads() {

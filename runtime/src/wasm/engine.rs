@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, ProfilingStrategy,
+};
 
 /// Period of the epoch clock; deadlines are counted in these ticks, and a
 /// guest that runs longer than one tick yields to other connections.
@@ -26,11 +28,18 @@ const MAX_TABLES_PER_COMPONENT: u32 = 8;
 /// Largest table a guest may have, in elements.
 pub const MAX_TABLE_ELEMENTS: usize = 20_000;
 
-/// Fiber stacks in the pool. A stack is held only while a call runs or is
-/// suspended at an epoch yield, so this bounds guest calls in flight, not
-/// connections. Each stack costs two kernel mappings (stack and guard), and
-/// the kernel allows ~65k per process, so it cannot follow the instance count.
-pub const MAX_CALLS_IN_FLIGHT: u32 = 2_048;
+/// Fiber stacks in the pool, which bounds the connections served at once:
+/// every store keeps the stack of its last call for the next one (wasmtime
+/// 48 offers no way to hand it back early), so each connection holds one.
+/// The pool protects a guard page per stack at start-up (two kernel mappings
+/// each) and a live instance costs about four more (memory slot, its
+/// copy-on-write image, table), so this many fit in the kernel's default
+/// 65530 mappings per process (`vm.max_map_count`) with room to spare.
+pub const MAX_FIBER_STACKS: u32 = 10_500;
+
+/// Set (to anything) to write `/tmp/perf-PID.map`, so `perf report` names
+/// the compiled guest functions.
+pub const PERF_MAP_ENV: &str = "SANDPORT_PERF_MAP";
 
 /// Sizing of the instance pool.
 #[derive(Debug, Clone, Copy)]
@@ -55,7 +64,7 @@ pub fn build_engine(pool: PoolSize) -> wasmtime::Result<Engine> {
         .total_tables(pool.instances.saturating_mul(2))
         .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
         .table_elements(MAX_TABLE_ELEMENTS)
-        .total_stacks(pool.instances.min(MAX_CALLS_IN_FLIGHT))
+        .total_stacks(pool.instances.min(MAX_FIBER_STACKS))
         // Keep a few pages of each freed slot resident so reuse is cheap.
         .linear_memory_keep_resident(64 * 1024);
 
@@ -72,6 +81,10 @@ pub fn build_engine(pool: PoolSize) -> wasmtime::Result<Engine> {
         .memory_guard_size(64 * 1024)
         .memory_reservation_for_growth(0)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    if std::env::var_os(PERF_MAP_ENV).is_some() {
+        // Names guest functions for `perf` (docs/benchmarks.md, "Profiling").
+        config.profiler(ProfilingStrategy::PerfMap);
+    }
     Engine::new(&config)
 }
 

@@ -5,7 +5,9 @@
 //! poisons the instance: the connection ends and the store is dropped, which
 //! frees its memory and nothing else.
 
-use std::sync::atomic::AtomicU64;
+use std::cell::Cell;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
@@ -46,6 +48,49 @@ impl Fault {
     }
 }
 
+/// One guest call in this many has its CPU time measured: reading a thread's
+/// CPU clock is a system call (~0.5 µs here), too dear for every call.
+const CPU_SAMPLE_EVERY: u32 = 32;
+
+thread_local! {
+    static CALLS_ON_THREAD: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Run a guest call; for one call in [`CPU_SAMPLE_EVERY`], also return the
+/// CPU time its polls took. Each poll runs on one thread, so summing per-poll
+/// thread CPU time counts the guest and not the waits between polls.
+async fn cpu_sampled<F: Future>(call: F) -> (F::Output, Option<u64>) {
+    let sampled = CALLS_ON_THREAD.with(|calls| {
+        let n = calls.get().wrapping_add(1);
+        calls.set(n);
+        n % CPU_SAMPLE_EVERY == 0
+    });
+    let mut call = pin!(call);
+    if !sampled {
+        return (call.await, None);
+    }
+    let mut spent = 0;
+    let output = std::future::poll_fn(|cx| {
+        let started = thread_cpu_nanos();
+        let poll = call.as_mut().poll(cx);
+        spent += thread_cpu_nanos().saturating_sub(started);
+        poll
+    })
+    .await;
+    (output, Some(spent))
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu_nanos() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec for the call to write.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    if status != 0 {
+        return 0;
+    }
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
 /// A live guest instance.
 pub struct Guest {
     store: Store<GuestState>,
@@ -58,8 +103,9 @@ pub struct Guest {
 macro_rules! call_export {
     ($self:ident . $method:ident ( $($arg:expr),* )) => {{
         $self.begin_call()?;
-        let result = $self.world.sandport_protocol_handler().$method(&mut $self.store, $($arg),*).await;
-        $self.end_call(result)
+        let handler = $self.world.sandport_protocol_handler();
+        let (result, cpu) = cpu_sampled(handler.$method(&mut $self.store, $($arg),*)).await;
+        $self.end_call(cpu, result)
     }};
 }
 
@@ -123,7 +169,12 @@ impl Guest {
         Ok(())
     }
 
-    fn end_call<T>(&mut self, result: wasmtime::Result<T>) -> Result<T, Fault> {
+    fn end_call<T>(&mut self, cpu: Option<u64>, result: wasmtime::Result<T>) -> Result<T, Fault> {
+        let metrics = &self.store.data().env.metrics;
+        ProtocolMetrics::bump(&metrics.guest_calls);
+        if let Some(nanos) = cpu {
+            metrics.guest_cpu_nanos.fetch_add(nanos * CPU_SAMPLE_EVERY as u64, Ordering::Relaxed);
+        }
         result.map_err(|e| {
             self.poisoned = true;
             classify(&self.store, e)
