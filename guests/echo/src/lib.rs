@@ -23,7 +23,7 @@
 use sandport_guest::types::{
     CloseReason, ConnectionInfo, Delivery, FrameScan, Framing, NextFrame, ProbeResult, ProtocolInfo,
 };
-use sandport_guest::{Handler, host, message, wildcard_subscription};
+use sandport_guest::{Handler, frames, host, message, wildcard_subscription};
 
 /// Command words, for probing.
 const COMMANDS: [&[u8]; 6] = [b"PING", b"ECHO", b"SUB", b"UNSUB", b"PUB", b"QUIT"];
@@ -62,9 +62,9 @@ impl Handler for Echo {
 
     fn on_open(_info: ConnectionInfo) {}
 
-    fn on_frames(frames: Vec<Vec<u8>>) -> Result<(), String> {
+    fn on_frames(data: Vec<u8>, ends: Vec<u32>) -> Result<(), String> {
         let mut out = Vec::new();
-        for frame in &frames {
+        for frame in frames(&data, &ends) {
             let line = String::from_utf8_lossy(frame);
             let line = line.trim_end_matches(['\r', '\n']);
             let (command, rest) = line.split_once(' ').unwrap_or((line, ""));

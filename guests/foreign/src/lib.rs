@@ -38,7 +38,7 @@ impl Handler for Foreign {
         sandport_guest::host::send(secret.as_bytes());
     }
 
-    fn on_frames(_frames: Vec<Vec<u8>>) -> Result<(), String> {
+    fn on_frames(_data: Vec<u8>, _ends: Vec<u32>) -> Result<(), String> {
         // An escape through the network, if the host let it link.
         let _ = std::net::TcpStream::connect("127.0.0.1:22");
         Ok(())

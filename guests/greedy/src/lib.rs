@@ -34,8 +34,8 @@ impl Handler for Greedy {
 
     fn on_open(_info: ConnectionInfo) {}
 
-    fn on_frames(frames: Vec<Vec<u8>>) -> Result<(), String> {
-        for _ in frames {
+    fn on_frames(_data: Vec<u8>, ends: Vec<u32>) -> Result<(), String> {
+        for _ in ends {
             host::send(b"mine\n");
         }
         Ok(())

@@ -25,7 +25,7 @@ use sandport_guest::types::{
     CloseReason, ConnectionInfo, Delivery, FilterKind, FrameScan, Framing, HostError, KvCondition, KvScope,
     KvSetOptions, NextFrame, ProbeResult, ProtocolInfo,
 };
-use sandport_guest::{Handler, host};
+use sandport_guest::{Handler, frames, host};
 
 struct Greeter;
 
@@ -74,10 +74,10 @@ impl Handler for Greeter {
         host::send(format!("HELLO {}\n", info.id).as_bytes());
     }
 
-    fn on_frames(frames: Vec<Vec<u8>>) -> Result<(), String> {
+    fn on_frames(data: Vec<u8>, ends: Vec<u32>) -> Result<(), String> {
         let mut out = String::new();
-        for frame in frames {
-            let line = String::from_utf8_lossy(&frame);
+        for frame in frames(&data, &ends) {
+            let line = String::from_utf8_lossy(frame);
             let line = line.trim_end();
             let (command, rest) = line.split_once(' ').unwrap_or((line, ""));
             let reply = match command {

@@ -35,7 +35,7 @@ use std::hint::black_box;
 use sandport_guest::types::{
     CloseReason, ConnectionInfo, Delivery, FrameScan, Framing, NextFrame, ProbeResult, ProtocolInfo, Will,
 };
-use sandport_guest::{Handler, host, message, wildcard_subscription};
+use sandport_guest::{Handler, frames, host, message, wildcard_subscription};
 
 struct Hostile;
 
@@ -184,9 +184,9 @@ impl Handler for Hostile {
         }
     }
 
-    fn on_frames(frames: Vec<Vec<u8>>) -> Result<(), String> {
-        for frame in frames {
-            command(String::from_utf8_lossy(&frame).trim_end());
+    fn on_frames(data: Vec<u8>, ends: Vec<u32>) -> Result<(), String> {
+        for frame in frames(&data, &ends) {
+            command(String::from_utf8_lossy(frame).trim_end());
         }
         Ok(())
     }

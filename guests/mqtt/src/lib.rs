@@ -42,7 +42,7 @@ use sandport_guest::types::{
     CloseReason, ConnectionInfo, Delivery, FrameScan, Framing, NextFrame, ProbeResult, ProtocolInfo,
     VarintLength,
 };
-use sandport_guest::{Handler, host};
+use sandport_guest::{Handler, frames, host};
 use state::{Conn, Limits, Phase};
 
 thread_local! {
@@ -78,9 +78,9 @@ impl Handler for Mqtt {
         CONN.with_borrow_mut(|conn| conn.limits = limits);
     }
 
-    fn on_frames(frames: Vec<Vec<u8>>) -> Result<(), String> {
+    fn on_frames(data: Vec<u8>, ends: Vec<u32>) -> Result<(), String> {
         let mut out = Vec::new();
-        let result = CONN.with_borrow_mut(|conn| handle_frames(conn, &frames, &mut out));
+        let result = CONN.with_borrow_mut(|conn| handle_frames(conn, frames(&data, &ends), &mut out));
         if !out.is_empty() {
             host::send(&out);
         }
@@ -137,7 +137,11 @@ impl Handler for Mqtt {
 }
 
 /// Handle a batch of packets; the first error ends the connection.
-fn handle_frames(conn: &mut Conn, frames: &[Vec<u8>], out: &mut Vec<u8>) -> Result<(), MqttError> {
+fn handle_frames<'a>(
+    conn: &mut Conn,
+    frames: impl Iterator<Item = &'a [u8]>,
+    out: &mut Vec<u8>,
+) -> Result<(), MqttError> {
     for frame in frames {
         if conn.phase == Phase::Closed {
             break;

@@ -24,7 +24,7 @@ use sandport_guest::types::{
     CloseReason, ConnectionInfo, Credentials, Delivery, ErrorCode, FilterKind, FrameScan, Framing, NextFrame,
     ProbeResult, ProtocolInfo, Qos, RetainedHandling, SubscribeOptions,
 };
-use sandport_guest::{Handler, host, message};
+use sandport_guest::{Handler, frames, host, message};
 use serde::Deserialize;
 use wire::{Op, ParseError};
 
@@ -157,10 +157,10 @@ impl Handler for Nats {
         host::set_timer(PING_INTERVAL_MS);
     }
 
-    fn on_frames(frames: Vec<Vec<u8>>) -> Result<(), String> {
+    fn on_frames(data: Vec<u8>, ends: Vec<u32>) -> Result<(), String> {
         let mut out = Vec::new();
         STATE.with_borrow_mut(|state| {
-            for frame in &frames {
+            for frame in frames(&data, &ends) {
                 match handle(state, frame, &mut out) {
                     Outcome::Continue => {}
                     Outcome::Fatal(text) => {

@@ -23,7 +23,7 @@ use sandport_guest::types::{
     CloseReason, ConnectionInfo, Credentials, Delivery, FilterKind, FrameScan, Framing, KvCondition, KvScope,
     KvSetOptions, NextFrame, ProbeResult, ProtocolInfo, Qos, RetainedHandling, SubscribeOptions,
 };
-use sandport_guest::{Handler, host, message};
+use sandport_guest::{Handler, frames, host, message};
 use wire::Encoder;
 
 /// The Redis version reported to clients.
@@ -156,10 +156,10 @@ impl Handler for Resp {
         });
     }
 
-    fn on_frames(frames: Vec<Vec<u8>>) -> Result<(), String> {
+    fn on_frames(data: Vec<u8>, ends: Vec<u32>) -> Result<(), String> {
         let mut out = Vec::new();
         STATE.with_borrow_mut(|state| {
-            for frame in &frames {
+            for frame in frames(&data, &ends) {
                 let args = wire::arguments(frame);
                 if args.is_empty() {
                     continue;
@@ -217,9 +217,23 @@ fn wrong_arity(enc: Encoder, out: &mut Vec<u8>, name: &str) {
 }
 
 /// Run one command; returns false when the connection is closing.
-fn command(state: &mut State, args: &[Vec<u8>], out: &mut Vec<u8>) -> bool {
+/// Longest command name looked up; longer ones are unknown.
+const MAX_COMMAND_NAME: usize = 32;
+
+/// `raw` upper-cased into `buffer`, or a lossy copy for the error text when
+/// it is too long or not UTF-8 (no command matches either).
+fn command_name<'b>(raw: &[u8], buffer: &'b mut [u8; MAX_COMMAND_NAME]) -> &'b str {
+    let Some(copy) = buffer.get_mut(..raw.len()) else { return "" };
+    copy.copy_from_slice(raw);
+    copy.make_ascii_uppercase();
+    std::str::from_utf8(copy).unwrap_or("")
+}
+
+fn command(state: &mut State, args: &[&[u8]], out: &mut Vec<u8>) -> bool {
     let enc = state.encoder();
-    let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+    // Upper-cased on the stack: this runs for every command.
+    let mut upper = [0u8; MAX_COMMAND_NAME];
+    let name = command_name(args[0], &mut upper);
     let argc = args.len();
     // In RESP2 a subscribed connection may only manage subscriptions (RESP3 pushes allow anything).
     if state.subscribed() > 0 && !state.resp3 {
@@ -234,12 +248,12 @@ fn command(state: &mut State, args: &[Vec<u8>], out: &mut Vec<u8>) -> bool {
             "QUIT",
             "RESET",
         ];
-        if !allowed.contains(&name.as_str()) {
+        if !allowed.contains(&name) {
             enc.error(
                 out,
                 &format!(
                     "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
-                    name.to_ascii_lowercase()
+                    String::from_utf8_lossy(args[0]).to_ascii_lowercase()
                 ),
             );
             return true;
@@ -247,23 +261,23 @@ fn command(state: &mut State, args: &[Vec<u8>], out: &mut Vec<u8>) -> bool {
     }
     // Like redis-server with requirepass: nothing but AUTH, HELLO and QUIT
     // before the client authenticated.
-    if !state.authenticated && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
+    if !state.authenticated && !matches!(name, "AUTH" | "HELLO" | "QUIT") {
         enc.error(out, "NOAUTH Authentication required.");
         return true;
     }
-    match (name.as_str(), argc) {
+    match (name, argc) {
         ("PING", 1 | 2) => {
             if state.subscribed() > 0 && !state.resp3 {
                 enc.array(out, 2);
                 enc.bulk(out, b"pong");
-                enc.bulk(out, args.get(1).map_or(&b""[..], Vec::as_slice));
+                enc.bulk(out, args.get(1).copied().unwrap_or_default());
             } else if let Some(text) = args.get(1) {
                 enc.bulk(out, text);
             } else {
                 enc.simple(out, "PONG");
             }
         }
-        ("ECHO", 2) => enc.bulk(out, &args[1]),
+        ("ECHO", 2) => enc.bulk(out, args[1]),
         ("QUIT", _) => {
             enc.simple(out, "OK");
             host::close("client quit");
@@ -277,7 +291,7 @@ fn command(state: &mut State, args: &[Vec<u8>], out: &mut Vec<u8>) -> bool {
             host::set_connection_name(None);
             enc.simple(out, "RESET");
         }
-        ("SELECT", 2) => match parse_int(&args[1]) {
+        ("SELECT", 2) => match parse_int(args[1]) {
             Some(db) if (0..DATABASES).contains(&db) => {
                 state.db = db;
                 enc.simple(out, "OK");
@@ -287,7 +301,7 @@ fn command(state: &mut State, args: &[Vec<u8>], out: &mut Vec<u8>) -> bool {
         },
         ("HELLO", _) => hello(state, args, out),
         ("AUTH", 2 | 3) => {
-            let (user, pass) = if argc == 3 { (Some(&args[1]), &args[2]) } else { (None, &args[1]) };
+            let (user, pass) = if argc == 3 { (Some(args[1]), args[2]) } else { (None, args[1]) };
             if authenticate(user, pass) {
                 state.authenticated = true;
                 enc.simple(out, "OK");
@@ -339,7 +353,7 @@ fn command(state: &mut State, args: &[Vec<u8>], out: &mut Vec<u8>) -> bool {
             let n = host::kv_count(KvScope::Protocol, &format!("{}:", state.db)).unwrap_or(0);
             enc.integer(out, n as i64);
         }
-        ("GET", 2) => match host::kv_get(KvScope::Protocol, &state.key(&args[1])) {
+        ("GET", 2) => match host::kv_get(KvScope::Protocol, &state.key(args[1])) {
             Ok(Some(value)) => enc.bulk(out, &value),
             Ok(None) => enc.null(out),
             Err(e) => enc.error(out, &format!("ERR {}", e.message)),
@@ -359,10 +373,10 @@ fn command(state: &mut State, args: &[Vec<u8>], out: &mut Vec<u8>) -> bool {
                 .count();
             enc.integer(out, n as i64);
         }
-        ("EXPIRE" | "PEXPIRE", 3) => match parse_int(&args[2]) {
+        ("EXPIRE" | "PEXPIRE", 3) => match parse_int(args[2]) {
             Some(n) => {
                 let ms = if name == "EXPIRE" { n.saturating_mul(1000) } else { n };
-                let key = state.key(&args[1]);
+                let key = state.key(args[1]);
                 let done = if ms <= 0 {
                     host::kv_delete(KvScope::Protocol, &key)
                 } else {
@@ -373,7 +387,7 @@ fn command(state: &mut State, args: &[Vec<u8>], out: &mut Vec<u8>) -> bool {
             None => enc.error(out, "ERR value is not an integer or out of range"),
         },
         ("TTL" | "PTTL", 2) => {
-            let n = match host::kv_ttl(KvScope::Protocol, &state.key(&args[1])) {
+            let n = match host::kv_ttl(KvScope::Protocol, &state.key(args[1])) {
                 Ok(None) | Err(_) => -2,
                 Ok(Some(None)) => -1,
                 Ok(Some(Some(ms))) if name == "TTL" => (ms.div_ceil(1000)) as i64,
@@ -382,14 +396,14 @@ fn command(state: &mut State, args: &[Vec<u8>], out: &mut Vec<u8>) -> bool {
             enc.integer(out, n);
         }
         ("INCR" | "DECR", 2) | ("INCRBY" | "DECRBY", 3) => {
-            let delta = match (name.as_str(), args.get(2)) {
+            let delta = match (name, args.get(2)) {
                 ("INCR", _) => Some(1),
                 ("DECR", _) => Some(-1),
                 ("INCRBY", Some(n)) => parse_int(n),
                 (_, Some(n)) => parse_int(n).and_then(i64::checked_neg),
                 _ => None,
             };
-            match delta.map(|d| host::kv_increment(KvScope::Protocol, &state.key(&args[1]), d)) {
+            match delta.map(|d| host::kv_increment(KvScope::Protocol, &state.key(args[1]), d)) {
                 Some(Ok(n)) => enc.integer(out, n),
                 Some(Err(e)) if e.message.contains("overflow") => {
                     enc.error(out, "ERR increment or decrement would overflow")
@@ -408,19 +422,19 @@ fn command(state: &mut State, args: &[Vec<u8>], out: &mut Vec<u8>) -> bool {
         ("PUNSUBSCRIBE", _) => unsubscribe(state, Family::Pattern, &args[1..], out),
         ("SUNSUBSCRIBE", _) => unsubscribe(state, Family::Shard, &args[1..], out),
         ("PUBLISH" | "SPUBLISH", 3) => {
-            let msg = message(channel_topic(&args[1]), args[2].clone());
+            let msg = message(channel_topic(args[1]), args[2]);
             match host::publish(&msg) {
                 Ok(outcome) => enc.integer(out, i64::from(outcome.receivers)),
                 Err(e) => enc.error(out, &format!("ERR {}", e.message)),
             }
         }
         ("PUBSUB", _) if argc >= 2 => pubsub(state, args, out),
-        _ => unknown(enc, args, out, &name),
+        _ => unknown(enc, args, out, name),
     }
     true
 }
 
-fn unknown(enc: Encoder, args: &[Vec<u8>], out: &mut Vec<u8>, name: &str) {
+fn unknown(enc: Encoder, args: &[&[u8]], out: &mut Vec<u8>, name: &str) {
     const KNOWN: [&str; 33] = [
         "PING",
         "ECHO",
@@ -466,7 +480,7 @@ fn unknown(enc: Encoder, args: &[Vec<u8>], out: &mut Vec<u8>, name: &str) {
         out,
         &format!(
             "ERR unknown command '{}', with args beginning with: {shown}",
-            String::from_utf8_lossy(&args[0])
+            String::from_utf8_lossy(args[0])
         ),
     );
 }
@@ -475,7 +489,7 @@ fn parse_int(bytes: &[u8]) -> Option<i64> {
     std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
-fn authenticate(user: Option<&Vec<u8>>, pass: &[u8]) -> bool {
+fn authenticate(user: Option<&[u8]>, pass: &[u8]) -> bool {
     let credentials = Credentials {
         username: Some(
             user.map_or_else(|| "default".to_string(), |u| String::from_utf8_lossy(u).into_owned()),
@@ -486,7 +500,7 @@ fn authenticate(user: Option<&Vec<u8>>, pass: &[u8]) -> bool {
     host::authenticate(&credentials).is_ok()
 }
 
-fn hello(state: &mut State, args: &[Vec<u8>], out: &mut Vec<u8>) {
+fn hello(state: &mut State, args: &[&[u8]], out: &mut Vec<u8>) {
     let mut version = if state.resp3 { 3 } else { 2 };
     let mut at = 1;
     if let Some(v) = args.get(1) {
@@ -504,10 +518,10 @@ fn hello(state: &mut State, args: &[Vec<u8>], out: &mut Vec<u8>) {
         at = 2;
     }
     while at < args.len() {
-        let option = String::from_utf8_lossy(&args[at]).to_ascii_uppercase();
+        let option = String::from_utf8_lossy(args[at]).to_ascii_uppercase();
         match option.as_str() {
             "AUTH" if at + 2 < args.len() => {
-                if !authenticate(Some(&args[at + 1]), &args[at + 2]) {
+                if !authenticate(Some(args[at + 1]), args[at + 2]) {
                     state
                         .encoder()
                         .error(out, "WRONGPASS invalid username-password pair or user is disabled.");
@@ -517,7 +531,7 @@ fn hello(state: &mut State, args: &[Vec<u8>], out: &mut Vec<u8>) {
                 at += 3;
             }
             "SETNAME" if at + 1 < args.len() => {
-                let name = String::from_utf8_lossy(&args[at + 1]).into_owned();
+                let name = String::from_utf8_lossy(args[at + 1]).into_owned();
                 host::set_connection_name(Some(&name));
                 state.name = Some(name);
                 at += 2;
@@ -557,13 +571,13 @@ fn hello(state: &mut State, args: &[Vec<u8>], out: &mut Vec<u8>) {
     enc.array(out, 0);
 }
 
-fn client(state: &mut State, args: &[Vec<u8>], out: &mut Vec<u8>) {
+fn client(state: &mut State, args: &[&[u8]], out: &mut Vec<u8>) {
     let enc = state.encoder();
-    let sub = String::from_utf8_lossy(&args[1]).to_ascii_uppercase();
+    let sub = String::from_utf8_lossy(args[1]).to_ascii_uppercase();
     match (sub.as_str(), args.len()) {
         ("ID", 2) => enc.integer(out, state.id as i64),
         ("SETNAME", 3) => {
-            let name = String::from_utf8_lossy(&args[2]).into_owned();
+            let name = String::from_utf8_lossy(args[2]).into_owned();
             if name.contains(' ') {
                 enc.error(out, "ERR Client names cannot contain spaces, newlines or special characters.");
                 return;
@@ -591,7 +605,7 @@ fn client(state: &mut State, args: &[Vec<u8>], out: &mut Vec<u8>) {
                 .collect();
             enc.bulk(out, text.as_bytes());
         }
-        ("KILL", 4) if args[2].eq_ignore_ascii_case(b"ID") => match parse_int(&args[3]) {
+        ("KILL", 4) if args[2].eq_ignore_ascii_case(b"ID") => match parse_int(args[3]) {
             Some(id) => {
                 let killed = host::close_connection(id as u64).is_ok();
                 enc.integer(out, i64::from(killed));
@@ -599,7 +613,7 @@ fn client(state: &mut State, args: &[Vec<u8>], out: &mut Vec<u8>) {
             None => enc.error(out, "ERR client-id should be greater than 0"),
         },
         ("KILL", 3) => {
-            let addr = String::from_utf8_lossy(&args[2]).into_owned();
+            let addr = String::from_utf8_lossy(args[2]).into_owned();
             match host::list_connections().iter().find(|c| c.peer == addr) {
                 Some(c) if host::close_connection(c.id).is_ok() => enc.simple(out, "OK"),
                 _ => enc.error(out, "ERR No such client"),
@@ -608,24 +622,24 @@ fn client(state: &mut State, args: &[Vec<u8>], out: &mut Vec<u8>) {
         ("SETINFO", 4) => enc.simple(out, "OK"),
         _ => enc.error(
             out,
-            &format!("ERR unknown subcommand '{}'. Try CLIENT HELP.", String::from_utf8_lossy(&args[1])),
+            &format!("ERR unknown subcommand '{}'. Try CLIENT HELP.", String::from_utf8_lossy(args[1])),
         ),
     }
 }
 
-fn set(state: &State, args: &[Vec<u8>], out: &mut Vec<u8>) {
+fn set(state: &State, args: &[&[u8]], out: &mut Vec<u8>) {
     let enc = state.encoder();
     let mut options = KvSetOptions { condition: KvCondition::Always, ttl_ms: None, keep_ttl: false };
     let mut at = 3;
     while at < args.len() {
-        let option = String::from_utf8_lossy(&args[at]).to_ascii_uppercase();
+        let option = String::from_utf8_lossy(args[at]).to_ascii_uppercase();
         match option.as_str() {
             "NX" if options.condition == KvCondition::Always => options.condition = KvCondition::IfAbsent,
             "XX" if options.condition == KvCondition::Always => options.condition = KvCondition::IfPresent,
             "KEEPTTL" if options.ttl_ms.is_none() => options.keep_ttl = true,
             "EX" | "PX" if at + 1 < args.len() && options.ttl_ms.is_none() && !options.keep_ttl => {
                 at += 1;
-                match parse_int(&args[at]) {
+                match parse_int(args[at]) {
                     Some(n) if n > 0 => {
                         options.ttl_ms = Some(if option == "EX" { n.saturating_mul(1000) } else { n } as u64)
                     }
@@ -642,17 +656,17 @@ fn set(state: &State, args: &[Vec<u8>], out: &mut Vec<u8>) {
         }
         at += 1;
     }
-    match host::kv_set(KvScope::Protocol, &state.key(&args[1]), &args[2], options) {
+    match host::kv_set(KvScope::Protocol, &state.key(args[1]), args[2], options) {
         Ok(true) => enc.simple(out, "OK"),
         Ok(false) => enc.null(out),
         Err(e) => enc.error(out, &format!("OOM {}", e.message)),
     }
 }
 
-fn subscribe(state: &mut State, family: Family, names: &[Vec<u8>], out: &mut Vec<u8>) {
+fn subscribe(state: &mut State, family: Family, names: &[&[u8]], out: &mut Vec<u8>) {
     let enc = state.encoder();
     for name in names {
-        let key = (family_tag(family), name.clone());
+        let key = (family_tag(family), name.to_vec());
         if let std::collections::btree_map::Entry::Vacant(slot) = state.subscriptions.entry(key) {
             let kind = if family == Family::Pattern { FilterKind::Glob } else { FilterKind::Exact };
             let options = SubscribeOptions {
@@ -670,7 +684,7 @@ fn subscribe(state: &mut State, family: Family, names: &[Vec<u8>], out: &mut Vec
             match host::subscribe(&filter, &options) {
                 Ok(id) => {
                     slot.insert(id);
-                    state.by_host_id.insert(id, (family, name.clone()));
+                    state.by_host_id.insert(id, (family, name.to_vec()));
                 }
                 Err(e) => {
                     enc.error(out, &format!("ERR {}", e.message));
@@ -685,7 +699,7 @@ fn subscribe(state: &mut State, family: Family, names: &[Vec<u8>], out: &mut Vec
     }
 }
 
-fn unsubscribe(state: &mut State, family: Family, names: &[Vec<u8>], out: &mut Vec<u8>) {
+fn unsubscribe(state: &mut State, family: Family, names: &[&[u8]], out: &mut Vec<u8>) {
     if names.is_empty() {
         unsubscribe_all(state, Some(family), out, true);
         return;
@@ -730,9 +744,9 @@ fn unsubscribe_all(state: &mut State, family: Option<Family>, out: &mut Vec<u8>,
     }
 }
 
-fn pubsub(state: &State, args: &[Vec<u8>], out: &mut Vec<u8>) {
+fn pubsub(state: &State, args: &[&[u8]], out: &mut Vec<u8>) {
     let enc = state.encoder();
-    let sub = String::from_utf8_lossy(&args[1]).to_ascii_uppercase();
+    let sub = String::from_utf8_lossy(args[1]).to_ascii_uppercase();
     match sub.as_str() {
         "CHANNELS" | "SHARDCHANNELS" => {
             let pattern = args.get(2).map(|p| String::from_utf8_lossy(p).into_owned());
@@ -762,7 +776,7 @@ fn pubsub(state: &State, args: &[Vec<u8>], out: &mut Vec<u8>) {
         }
         _ => enc.error(
             out,
-            &format!("ERR unknown subcommand '{}'. Try PUBSUB HELP.", String::from_utf8_lossy(&args[1])),
+            &format!("ERR unknown subcommand '{}'. Try PUBSUB HELP.", String::from_utf8_lossy(args[1])),
         ),
     }
 }

@@ -85,15 +85,11 @@ fn command_length(buffer: &[u8], max_bulk: usize) -> Result<Length, FrameError> 
 }
 
 /// Split a complete frame into its arguments.
-pub fn arguments(frame: &[u8]) -> Vec<Vec<u8>> {
+pub fn arguments(frame: &[u8]) -> Vec<&[u8]> {
     if frame.first() != Some(&b'*') {
         let text = frame.strip_suffix(b"\n").unwrap_or(frame);
         let text = text.strip_suffix(b"\r").unwrap_or(text);
-        return text
-            .split(|b| b.is_ascii_whitespace())
-            .filter(|w| !w.is_empty())
-            .map(<[u8]>::to_vec)
-            .collect();
+        return text.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()).collect();
     }
     let mut args = Vec::new();
     let mut at = frame.iter().position(|b| *b == b'\n').map_or(frame.len(), |i| i + 1);
@@ -101,7 +97,7 @@ pub fn arguments(frame: &[u8]) -> Vec<Vec<u8>> {
         let header_end = at + frame[at..].iter().position(|b| *b == b'\n').unwrap_or(0);
         let len = number(&frame[at + 1..header_end - 1]).unwrap_or(0).max(0) as usize;
         let data = header_end + 1;
-        args.push(frame[data..data + len].to_vec());
+        args.push(&frame[data..data + len]);
         at = data + len + 2;
     }
     args
@@ -115,19 +111,24 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn simple(&self, out: &mut Vec<u8>, text: &str) {
-        out.extend_from_slice(format!("+{text}\r\n").as_bytes());
+        put_line(out, b'+', text.as_bytes());
     }
 
     pub fn error(&self, out: &mut Vec<u8>, text: &str) {
-        out.extend_from_slice(format!("-{text}\r\n").as_bytes());
+        put_line(out, b'-', text.as_bytes());
     }
 
     pub fn integer(&self, out: &mut Vec<u8>, n: i64) {
-        out.extend_from_slice(format!(":{n}\r\n").as_bytes());
+        out.push(b':');
+        if n < 0 {
+            out.push(b'-');
+        }
+        decimal(out, n.unsigned_abs());
+        out.extend_from_slice(b"\r\n");
     }
 
     pub fn bulk(&self, out: &mut Vec<u8>, data: &[u8]) {
-        out.extend_from_slice(format!("${}\r\n", data.len()).as_bytes());
+        header(out, b'$', data.len());
         out.extend_from_slice(data);
         out.extend_from_slice(b"\r\n");
     }
@@ -137,13 +138,13 @@ impl Encoder {
     }
 
     pub fn array(&self, out: &mut Vec<u8>, len: usize) {
-        out.extend_from_slice(format!("*{len}\r\n").as_bytes());
+        header(out, b'*', len);
     }
 
     /// A map header (RESP3) or a flat array of twice the length (RESP2).
     pub fn map(&self, out: &mut Vec<u8>, pairs: usize) {
         if self.resp3 {
-            out.extend_from_slice(format!("%{pairs}\r\n").as_bytes());
+            header(out, b'%', pairs);
         } else {
             self.array(out, pairs * 2);
         }
@@ -152,11 +153,43 @@ impl Encoder {
     /// A push header (RESP3) or an array (RESP2), for pub/sub messages.
     pub fn push(&self, out: &mut Vec<u8>, len: usize) {
         if self.resp3 {
-            out.extend_from_slice(format!(">{len}\r\n").as_bytes());
+            header(out, b'>', len);
         } else {
             self.array(out, len);
         }
     }
+}
+
+// Replies are written piece by piece: they are on every command's path,
+// and `format!` costs an allocation and the formatting machinery each time.
+
+/// `kind`, `text`, CRLF.
+fn put_line(out: &mut Vec<u8>, kind: u8, text: &[u8]) {
+    out.push(kind);
+    out.extend_from_slice(text);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `kind`, `n` in decimal, CRLF: the header of a bulk string or aggregate.
+fn header(out: &mut Vec<u8>, kind: u8, n: usize) {
+    out.push(kind);
+    decimal(out, n as u64);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal.
+fn decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 #[cfg(test)]
@@ -169,8 +202,24 @@ mod tests {
         let (frames, next) = scan(buffer, 1 << 20).unwrap();
         assert_eq!(frames, vec![14, 6]);
         assert_eq!(next, Some(25), "the ECHO command needs its 5-byte argument and CRLF");
-        assert_eq!(arguments(b"*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n"), vec![b"ECHO".to_vec(), b"hi".to_vec()]);
-        assert_eq!(arguments(b"SET  k v\r\n"), vec![b"SET".to_vec(), b"k".to_vec(), b"v".to_vec()]);
+        assert_eq!(arguments(b"*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n"), vec![&b"ECHO"[..], b"hi"]);
+        assert_eq!(arguments(b"SET  k v\r\n"), vec![&b"SET"[..], b"k", b"v"]);
+    }
+
+    #[test]
+    fn replies_are_encoded() {
+        let enc = Encoder { resp3: true };
+        let mut out = Vec::new();
+        enc.simple(&mut out, "PONG");
+        enc.error(&mut out, "ERR x");
+        enc.integer(&mut out, -42);
+        enc.integer(&mut out, i64::MIN);
+        enc.bulk(&mut out, b"hi");
+        enc.array(&mut out, 0);
+        enc.map(&mut out, 12);
+        enc.push(&mut out, 3);
+        let expected = "+PONG\r\n-ERR x\r\n:-42\r\n:-9223372036854775808\r\n$2\r\nhi\r\n*0\r\n%12\r\n>3\r\n";
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
     }
 
     #[test]

@@ -29,6 +29,18 @@ pub use sandport::protocol::host;
 /// Types shared with the host.
 pub use sandport::protocol::types;
 
+/// The frames of an `on-frames` call: `data` split at `ends`. A guest that
+/// gets bad ends (the host never sends them) sees the frames up to the first
+/// bad one.
+pub fn frames<'a>(data: &'a [u8], ends: &'a [u32]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    let mut start = 0usize;
+    ends.iter().map_while(move |&end| {
+        let frame = data.get(start..end as usize)?;
+        start = end as usize;
+        Some(frame)
+    })
+}
+
 /// A message with only the fields most protocols set; fill in the rest with
 /// struct update syntax.
 pub fn message(topic: impl Into<String>, payload: impl Into<Vec<u8>>) -> types::Message {
@@ -54,5 +66,16 @@ pub fn wildcard_subscription() -> types::SubscribeOptions {
         group: None,
         no_local: false,
         retained: types::RetainedHandling::Send,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn frames_split_the_buffer_at_the_ends() {
+        let frames: Vec<&[u8]> = super::frames(b"abcdef", &[1, 3, 6]).collect();
+        assert_eq!(frames, [&b"a"[..], b"bc", b"def"]);
+        assert_eq!(super::frames(b"abc", &[2, 1, 3]).count(), 1, "ends going backwards stop the frames");
+        assert_eq!(super::frames(b"abc", &[4]).count(), 0, "an end past the data stops the frames");
     }
 }

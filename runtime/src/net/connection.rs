@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -44,8 +44,17 @@ const MAX_UNACKED: usize = 65_535;
 /// Most frames passed to the guest in one `on-frames` call.
 const MAX_FRAME_BATCH: usize = 256;
 
-/// Bytes read from the socket at a time.
+/// Most bytes of frames passed in one `on-frames` call (a single larger
+/// frame still goes alone).
+const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
+/// Most bytes read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// Bytes a connection first reads at a time. Reads that fill the buffer
+/// double it up to [`READ_CHUNK`], so busy clients get big reads while the
+/// many quiet ones hold small buffers.
+const FIRST_READ: usize = 1024;
 
 /// How long the goodbye (on-close output) may take to write.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -103,11 +112,14 @@ impl End {
 pub async fn serve(listener: Arc<ListenerInfo>, tcp: TcpStream, peer: SocketAddr) {
     let id = listener.core.next_connection_id();
     let local = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let Some((mut stream, transport, certificate_user)) = transport(&listener, tcp, peer, id).await else {
+    // The handshake and probe futures are big and live only at the start:
+    // boxed, they do not make every connection's task that big for its life.
+    let Some((mut stream, transport, certificate_user)) = Box::pin(transport(&listener, tcp, peer, id)).await
+    else {
         return;
     };
     let chosen = tokio::select! {
-        chosen = probe::choose(&mut stream, &listener.candidates, id, listener.probe_bytes, listener.probe_timeout) => chosen,
+        chosen = Box::pin(probe::choose(&mut stream, &listener.candidates, id, listener.probe_bytes, listener.probe_timeout)) => chosen,
         _ = listener.shutdown.cancelled() => return,
     };
     let chosen = match chosen {
@@ -162,6 +174,7 @@ pub async fn serve(listener: Arc<ListenerInfo>, tcp: TcpStream, peer: SocketAddr
         guest,
         mailbox,
         inbuf: chosen.buffered,
+        read_size: FIRST_READ,
         guest_needs: 0,
         idle: None,
         last_read: Instant::now(),
@@ -233,6 +246,8 @@ struct Connection {
     guest: Guest,
     mailbox: Arc<Mailbox>,
     inbuf: BytesMut,
+    /// Room made in `inbuf` before each read; grows while reads fill it.
+    read_size: usize,
     /// Guest framing: buffered bytes needed before asking the guest again.
     guest_needs: usize,
     idle: Option<Duration>,
@@ -262,10 +277,12 @@ impl Connection {
         if let Err(end) = self.open(info).await {
             return end;
         }
-        let mut batch = Vec::with_capacity(MAX_DELIVERY_BATCH);
+        // Grows with the first deliveries: quiet connections keep none.
+        let mut batch = Vec::new();
         loop {
             let deadline = self.next_deadline();
-            self.inbuf.reserve(READ_CHUNK);
+            self.inbuf.reserve(self.read_size);
+            let room = self.inbuf.capacity() - self.inbuf.len();
             let wake = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => Wake::Shutdown,
@@ -278,7 +295,10 @@ impl Connection {
                 Wake::Shutdown => Err(End::Shutdown),
                 Wake::Kicked(kick) => Err(End::Kicked(kick)),
                 Wake::Read(Ok(0)) => Err(End::PeerClosed),
-                Wake::Read(Ok(_)) => {
+                Wake::Read(Ok(n)) => {
+                    if n >= room {
+                        self.read_size = (self.read_size * 2).min(READ_CHUNK);
+                    }
                     self.last_read = Instant::now();
                     self.on_input().await
                 }
@@ -333,19 +353,22 @@ impl Connection {
     /// Split buffered input into frames and hand them to the guest.
     async fn on_input(&mut self) -> Result<(), End> {
         loop {
-            let frames = match self.framing {
+            let ends = match self.framing {
                 Framing::Guest => self.guest_frames().await?,
                 _ => self.native_frames()?,
             };
-            if frames.is_empty() {
+            let Some(&total) = ends.last() else {
                 // A partial frame starts the clock against trickling clients.
                 self.partial_since =
                     if self.inbuf.is_empty() { None } else { self.partial_since.or(Some(Instant::now())) };
                 return Ok(());
-            }
+            };
             let metrics = &self.protocol.env.metrics;
-            metrics.frames_in.fetch_add(frames.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            let handled = self.guest.on_frames(&frames).await;
+            metrics.frames_in.fetch_add(ends.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            // The frames go to the guest straight from the input buffer.
+            let total = total as usize;
+            let handled = self.guest.on_frames(&self.inbuf[..total], &ends).await;
+            self.inbuf.advance(total);
             match handled {
                 Ok(Err(reason)) => {
                     // What the guest sent (an explanation, say) still goes out first.
@@ -361,20 +384,30 @@ impl Connection {
         }
     }
 
-    fn native_frames(&mut self) -> Result<Vec<Vec<u8>>, End> {
-        let mut frames = Vec::new();
-        while frames.len() < MAX_FRAME_BATCH {
-            match self.framing.next_frame(&self.inbuf, self.max_frame) {
-                Ok(Some(len)) => frames.push(self.inbuf.split_to(len).to_vec()),
+    /// Where the complete frames at the start of the input end: at most
+    /// [`MAX_FRAME_BATCH`] of them and, after the first, [`MAX_BATCH_BYTES`].
+    fn native_frames(&mut self) -> Result<Vec<u32>, End> {
+        let mut ends = Vec::new();
+        let mut at = 0;
+        while ends.len() < MAX_FRAME_BATCH {
+            match self.framing.next_frame(&self.inbuf[at..], self.max_frame) {
+                Ok(Some(len)) => match u32::try_from(at + len) {
+                    Ok(end) if ends.is_empty() || at + len <= MAX_BATCH_BYTES => {
+                        ends.push(end);
+                        at += len;
+                    }
+                    // The frame goes in the next batch.
+                    _ => break,
+                },
                 Ok(None) => break,
                 Err(e) => return Err(self.framing_error(e)),
             }
         }
-        Ok(frames)
+        Ok(ends)
     }
 
     /// Ask the guest where its frames end, and check what it says.
-    async fn guest_frames(&mut self) -> Result<Vec<Vec<u8>>, End> {
+    async fn guest_frames(&mut self) -> Result<Vec<u32>, End> {
         if self.inbuf.is_empty() || self.inbuf.len() < self.guest_needs {
             return Ok(Vec::new());
         }
@@ -382,19 +415,22 @@ impl Connection {
             Ok(scan) => scan,
             Err(fault) => return Err(self.fault(fault)),
         };
-        let mut frames = Vec::with_capacity(scan.complete.len());
+        let mut ends = Vec::with_capacity(scan.complete.len());
+        let mut at = 0usize;
         for len in scan.complete {
             let len = len as usize;
-            if len == 0 || len > self.inbuf.len() || len > self.max_frame {
+            let left = self.inbuf.len() - at;
+            if len == 0 || len > left || len > self.max_frame {
                 return Err(self.fault(Fault::Violation(format!(
-                    "frame-lengths returned a frame of {len} bytes with {} buffered (limit {})",
-                    self.inbuf.len(),
+                    "frame-lengths returned a frame of {len} bytes with {left} buffered (limit {})",
                     self.max_frame
                 ))));
             }
-            frames.push(self.inbuf.split_to(len).to_vec());
+            at += len;
+            // Within the buffer, and the host never buffers 4 GiB.
+            ends.push(u32::try_from(at).unwrap_or(u32::MAX));
         }
-        let buffered = self.inbuf.len();
+        let buffered = self.inbuf.len() - at;
         self.guest_needs = match scan.next {
             NextFrame::Invalid(reason) => return Err(self.framing_error(FramingError::Rejected(reason))),
             NextFrame::Needs(n) if n as usize > self.max_frame => {
@@ -410,7 +446,7 @@ impl Connection {
             NextFrame::Unknown => buffered + 1,
         };
         // The guest saw the whole buffer, so the remainder waits for more bytes.
-        Ok(frames)
+        Ok(ends)
     }
 
     /// Hand a batch of routed messages to the guest.

@@ -201,9 +201,10 @@ impl Guest {
         call_export!(self.call_on_open(info))
     }
 
-    /// `on-frames`; the inner error is the guest's reason to close.
-    pub async fn on_frames(&mut self, frames: &[Vec<u8>]) -> Result<Result<(), String>, Fault> {
-        call_export!(self.call_on_frames(frames))
+    /// `on-frames`: the frames lie back to back in `data` and end at `ends`;
+    /// the inner error is the guest's reason to close.
+    pub async fn on_frames(&mut self, data: &[u8], ends: &[u32]) -> Result<Result<(), String>, Fault> {
+        call_export!(self.call_on_frames(data, ends))
     }
 
     /// `on-deliver`.
