@@ -35,9 +35,15 @@ pub fn qos_level(qos: Qos) -> u8 {
 }
 
 /// The host message for a PUBLISH (or a will) with its MQTT 5 properties.
-pub fn message_from(topic: &str, payload: &[u8], qos: u8, retain: bool, properties: &Properties) -> Message {
+pub fn message_from(
+    topic: impl Into<String>,
+    payload: &[u8],
+    qos: u8,
+    retain: bool,
+    properties: &Properties,
+) -> Message {
     Message {
-        topic: topic.to_string(),
+        topic: topic.into(),
         payload: payload.to_vec(),
         headers: properties.user.clone(),
         reply_to: properties.response_topic.clone(),
@@ -95,7 +101,7 @@ pub fn on_publish(conn: &mut Conn, flags: u8, body: &[u8], out: &mut Vec<u8>) ->
         ));
     }
 
-    let message = message_from(&topic, publish.payload, publish.qos, publish.retain, &publish.properties);
+    let message = message_from(topic, publish.payload, publish.qos, publish.retain, &publish.properties);
     let code = if message.utf8_payload && std::str::from_utf8(publish.payload).is_err() {
         host::log(LogLevel::Info, "PUBLISH refused: payload format indicator says UTF-8 but it is not");
         reason::PAYLOAD_FORMAT_INVALID
@@ -116,7 +122,7 @@ pub fn on_publish(conn: &mut Conn, flags: u8, body: &[u8], out: &mut Vec<u8>) ->
                     ErrorCode::Unsupported => reason::IMPLEMENTATION_SPECIFIC,
                     ErrorCode::Unavailable => reason::UNSPECIFIED_ERROR,
                 };
-                host::log(LogLevel::Info, &format!("PUBLISH to {topic} refused: {}", e.message));
+                host::log(LogLevel::Info, &format!("PUBLISH to {} refused: {}", message.topic, e.message));
                 // 3.1.1 cannot refuse a PUBLISH: it is acknowledged and dropped.
                 if v5 { code } else { reason::SUCCESS }
             }

@@ -455,8 +455,13 @@ impl Connection {
             tracing::info!(peer = %self.peer, "closing: {MAX_UNACKED} deliveries unacknowledged");
             return Err(End::Kicked(Kick::SlowConsumer));
         }
-        let deliveries = self.guest.state_mut().to_deliveries(batch.drain(..));
-        let delivered = self.guest.on_deliver(&deliveries).await;
+        let plans = self.guest.state_mut().plan_deliveries(batch);
+        // Borrowed from the routed messages: each is copied once, into the guest.
+        let views: Vec<_> =
+            plans.iter().zip(batch.iter()).map(|(plan, routed)| plan.view(&routed.message)).collect();
+        let delivered = if views.is_empty() { Ok(()) } else { self.guest.on_deliver(&views).await };
+        drop(views);
+        batch.clear();
         self.after_call(delivered).await
     }
 

@@ -9,14 +9,17 @@ use std::cell::Cell;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use wasmtime::component::{Func, Instance, TypedFunc};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use crate::metrics::ProtocolMetrics;
-use crate::wasm::bindings::types::{
-    CloseReason, ConnectionInfo, Delivery, FrameScan, ProbeResult, ProtocolInfo,
-};
+use crate::wasm::bindings::types::{CloseReason, ConnectionInfo, FrameScan, ProbeResult, ProtocolInfo};
 use crate::wasm::bindings::{Protocol as World, ProtocolPre as WorldPre};
 use crate::wasm::state::{GuestState, Violation};
+use crate::wasm::views::DeliveryView;
+
+/// The exported interface guests implement.
+const HANDLER: &str = "sandport:protocol/handler@0.1.0";
 
 /// Longest trap description kept for logs.
 const MAX_FAULT_TEXT: usize = 512;
@@ -95,6 +98,8 @@ fn thread_cpu_nanos() -> u64 {
 pub struct Guest {
     store: Store<GuestState>,
     world: World,
+    /// `on-deliver`, called with borrowed deliveries (see `views`).
+    on_deliver: Func,
     deadline_ticks: u32,
     poisoned: bool,
 }
@@ -129,8 +134,16 @@ impl Guest {
         });
         store.data_mut().ticks_left = deadline_ticks;
         store.set_epoch_deadline(1);
-        let world = match pre.instantiate_async(&mut store).await {
-            Ok(world) => world,
+        let instantiated = async {
+            let instance = pre.instance_pre().instantiate_async(&mut store).await?;
+            let world = World::new(&mut store, &instance)?;
+            let on_deliver = export_func(&mut store, &instance, "on-deliver")?;
+            // Checked once here, so each call can skip the check.
+            on_deliver.typed::<(&[DeliveryView<'_>],), ()>(&store)?;
+            wasmtime::Result::Ok((world, on_deliver))
+        };
+        let (world, on_deliver) = match instantiated.await {
+            Ok(found) => found,
             Err(e) => {
                 let fault = classify(&store, e);
                 return Err(match fault {
@@ -139,7 +152,7 @@ impl Guest {
                 });
             }
         };
-        Ok(Self { store, world, deadline_ticks, poisoned: false })
+        Ok(Self { store, world, on_deliver, deadline_ticks, poisoned: false })
     }
 
     /// The store data: what the guest asked for, and its connection state.
@@ -207,9 +220,14 @@ impl Guest {
         call_export!(self.call_on_frames(data, ends))
     }
 
-    /// `on-deliver`.
-    pub async fn on_deliver(&mut self, batch: &[Delivery]) -> Result<(), Fault> {
-        call_export!(self.call_on_deliver(batch))
+    /// `on-deliver`, with deliveries borrowed from the routed messages.
+    pub async fn on_deliver(&mut self, batch: &[DeliveryView<'_>]) -> Result<(), Fault> {
+        self.begin_call()?;
+        // SAFETY: the function's type was checked against these parameters
+        // when the instance was created.
+        let func = unsafe { TypedFunc::<(&[DeliveryView<'_>],), ()>::new_unchecked(self.on_deliver) };
+        let (result, cpu) = cpu_sampled(func.call_async(&mut self.store, (batch,))).await;
+        self.end_call(cpu, result)
     }
 
     /// `on-timer`.
@@ -221,6 +239,14 @@ impl Guest {
     pub async fn on_close(&mut self, reason: &CloseReason) -> Result<(), Fault> {
         call_export!(self.call_on_close(reason))
     }
+}
+
+/// The `handler` export `name` of a protocol instance.
+fn export_func(store: &mut Store<GuestState>, instance: &Instance, name: &str) -> wasmtime::Result<Func> {
+    let missing = || wasmtime::Error::msg(format!("the component does not export {HANDLER}.{name}"));
+    let handler = instance.get_export_index(&mut *store, None, HANDLER).ok_or_else(missing)?;
+    let index = instance.get_export_index(&mut *store, Some(&handler), name).ok_or_else(missing)?;
+    instance.get_func(&mut *store, index).ok_or_else(missing)
 }
 
 /// Turn a call error into a fault, using what the store saw.

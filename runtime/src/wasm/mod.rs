@@ -9,4 +9,5 @@ pub mod host;
 pub mod protocol;
 pub mod state;
 pub mod stdio;
+pub mod views;
 pub mod world;

@@ -22,6 +22,7 @@ use crate::wasm::bindings::types::{Delivery, FilterKind, Qos, Will};
 use crate::wasm::engine::MAX_TABLE_ELEMENTS;
 use crate::wasm::protocol::ProtocolEnv;
 use crate::wasm::stdio::GuestOutput;
+use crate::wasm::views::DeliveryPlan;
 
 /// A rule the guest broke; raised as a trap that ends the connection.
 #[derive(Debug, thiserror::Error)]
@@ -193,10 +194,12 @@ impl GuestState {
 }
 
 impl GuestState {
-    /// Turn routed messages into the guest's deliveries: assign ids to
-    /// at-least-once ones outside a session, apply the QoS ceiling, and
-    /// forward the expiry that is left rather than the one published.
-    pub fn to_deliveries(&mut self, batch: impl IntoIterator<Item = Routed>) -> Vec<Delivery> {
+    /// Decide the deliveries of routed messages: drop what the access rules
+    /// forbid (acking it in the session), assign ids to at-least-once ones
+    /// outside a session, apply the QoS ceiling, and work out the expiry that
+    /// is left rather than the one published. `batch` keeps the allowed
+    /// messages, in order, one per plan.
+    pub fn plan_deliveries(&mut self, batch: &mut Vec<Routed>) -> Vec<DeliveryPlan> {
         let now = unix_now();
         let env = self.env.clone();
         let broker = self.link.as_ref().map(|link| link.broker.clone());
@@ -204,27 +207,26 @@ impl GuestState {
         let session = self.session.clone();
         let client_id = session.as_ref().map_or("", |s| s.client_id.as_str());
         // Access rules are checked on every delivery too, whatever the subscription said.
-        let allowed = |routed: &Routed| match (&broker, &identity) {
-            (Some(broker), Some(identity)) => broker.auth.acl(identity).may_receive(
-                &routed.message.message.topic,
-                identity.name(),
-                client_id,
-            ),
-            _ => false,
-        };
-        let deliveries: Vec<Delivery> = batch
-            .into_iter()
-            .filter(|routed| {
-                if allowed(routed) {
-                    return true;
-                }
+        batch.retain(|routed| {
+            let allowed = match (&broker, &identity) {
+                (Some(broker), Some(identity)) => broker.auth.acl(identity).may_receive(
+                    &routed.message.message.topic,
+                    identity.name(),
+                    client_id,
+                ),
+                _ => false,
+            };
+            if !allowed {
                 ProtocolMetrics::bump(&env.metrics.deliveries_denied);
                 tracing::debug!(protocol = %env.name, topic = %routed.message.message.topic, "delivery denied by access rules");
                 if let (Some(seq), Some(session)) = (routed.delivery_id, &session) {
                     session.ack(seq);
                 }
-                false
-            })
+            }
+            allowed
+        });
+        let plans: Vec<DeliveryPlan> = batch
+            .iter()
             .map(|routed| {
                 let id = match routed.delivery_id {
                     Some(id) => Some(id),
@@ -236,24 +238,46 @@ impl GuestState {
                     }
                     None => None,
                 };
-                let published_at = routed.message.published_at;
-                let mut message = Arc::unwrap_or_clone(routed.message).message;
-                message.qos = routed.qos;
-                if let Some(secs) = &mut message.expiry_secs {
-                    let waited = now.saturating_sub(published_at);
-                    *secs = secs.saturating_sub(u32::try_from(waited).unwrap_or(u32::MAX)).max(1);
-                }
-                Delivery {
+                let waited = now.saturating_sub(routed.message.published_at);
+                let expiry_secs = routed
+                    .message
+                    .message
+                    .expiry_secs
+                    .map(|secs| secs.saturating_sub(u32::try_from(waited).unwrap_or(u32::MAX)).max(1));
+                DeliveryPlan {
                     subscription: routed.subscription,
                     id,
-                    message,
+                    qos: routed.qos,
+                    expiry_secs,
                     from_retained: routed.from_retained,
                     redelivered: routed.redelivered,
                 }
             })
             .collect();
-        env.metrics.deliveries_out.fetch_add(deliveries.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        deliveries
+        env.metrics.deliveries_out.fetch_add(plans.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        plans
+    }
+
+    /// Owned deliveries, for `take-deliveries` (which returns them).
+    pub fn to_deliveries(&mut self, batch: impl IntoIterator<Item = Routed>) -> Vec<Delivery> {
+        let mut batch: Vec<Routed> = batch.into_iter().collect();
+        let plans = self.plan_deliveries(&mut batch);
+        batch
+            .into_iter()
+            .zip(plans)
+            .map(|(routed, plan)| {
+                let mut message = Arc::unwrap_or_clone(routed.message).message;
+                message.qos = plan.qos;
+                message.expiry_secs = plan.expiry_secs;
+                Delivery {
+                    subscription: plan.subscription,
+                    id: plan.id,
+                    message,
+                    from_retained: plan.from_retained,
+                    redelivered: plan.redelivered,
+                }
+            })
+            .collect()
     }
 }
 
