@@ -59,6 +59,9 @@ struct Queued {
 struct Inner {
     /// Outlives its connection (expiry not zero).
     persistent: bool,
+    /// Something of it was submitted to the store, so ending it must delete
+    /// it there; a session that never outlived a connection costs no write.
+    stored: bool,
     expiry_secs: Option<u32>,
     holder: Option<Arc<Mailbox>>,
     subscriptions: BTreeMap<u32, SessionSubscription>,
@@ -141,6 +144,7 @@ impl Session {
             dropped: AtomicU64::new(0),
             inner: Mutex::new(Inner {
                 persistent,
+                stored: false,
                 expiry_secs,
                 holder: None,
                 subscriptions: BTreeMap::new(),
@@ -185,8 +189,9 @@ impl Session {
         }
     }
 
-    fn persist(&self, inner: &Inner) {
+    fn persist(&self, inner: &mut Inner) {
         if inner.persistent && !inner.ended {
+            inner.stored = true;
             self.store
                 .submit(vec![Op::PutSession { key: self.store_key.clone(), record: Self::record(inner) }]);
         }
@@ -233,6 +238,7 @@ impl Session {
             stored = Arc::new(capped);
         }
         if inner.persistent {
+            inner.stored = true;
             let record = QueuedRecord { subscription: id, message: (*stored).clone(), from_retained };
             self.store.submit(vec![Op::Enqueue { key: self.store_key.clone(), seq, record }]);
         }
@@ -321,7 +327,7 @@ impl Session {
             .iter()
             .map(|(id, s)| SubscriptionInfo { id: *id, filter: s.filter.clone(), options: s.options.clone() })
             .collect();
-        self.persist(&inner);
+        self.persist(&mut inner);
         Self::pump(&mut inner);
         subscriptions
     }
@@ -335,7 +341,7 @@ impl Session {
         inner.holder = None;
         inner.inflight = 0;
         inner.disconnected_at = Some(unix_now());
-        self.persist(&inner);
+        self.persist(&mut inner);
         true
     }
 
@@ -360,7 +366,7 @@ impl Session {
         let mut inner = self.inner.lock();
         inner.expiry_secs = expiry_secs;
         inner.persistent = expiry_secs != Some(0);
-        self.persist(&inner);
+        self.persist(&mut inner);
     }
 
     /// Number of subscriptions the session holds.
@@ -380,14 +386,14 @@ impl Session {
     pub fn add_subscription(&self, id: u32, filter: String, options: SubscribeOptions, key: SubscriptionKey) {
         let mut inner = self.inner.lock();
         inner.subscriptions.insert(id, SessionSubscription { filter, options, key });
-        self.persist(&inner);
+        self.persist(&mut inner);
     }
 
     /// Forget subscription `id`; returns its router key.
     pub fn remove_subscription(&self, id: u32) -> Option<SubscriptionKey> {
         let mut inner = self.inner.lock();
         let removed = inner.subscriptions.remove(&id)?;
-        self.persist(&inner);
+        self.persist(&mut inner);
         Some(removed.key)
     }
 
@@ -555,7 +561,9 @@ impl Sessions {
         for key in session.end() {
             router.unsubscribe(key);
         }
-        self.store.submit(vec![Op::DeleteSession { key: session.store_key.clone() }]);
+        if session.inner.lock().stored {
+            self.store.submit(vec![Op::DeleteSession { key: session.store_key.clone() }]);
+        }
         if let Some(kv) = self.kvs.lock().get(&session.protocol) {
             kv.delete_prefix(&crate::wasm::host::session_kv_prefix(&session.client_id));
         }
@@ -587,6 +595,7 @@ impl Sessions {
             ));
             {
                 let mut inner = session.inner.lock();
+                inner.stored = true;
                 // A crash leaves no disconnect time: count from this start.
                 inner.disconnected_at = Some(record.disconnected_at.unwrap_or(now));
                 inner.next_subscription = record.next_subscription;

@@ -95,11 +95,20 @@ fn family_tag(family: Family) -> u8 {
 
 /// Canonical topic of a channel.
 fn channel_topic(channel: &[u8]) -> String {
+    // Most channels need no escape: one allocation, no scans after the check.
+    if let Ok(text) = std::str::from_utf8(channel)
+        && !text.contains(['%', '+', '#'])
+    {
+        return text.to_string();
+    }
     String::from_utf8_lossy(channel).replace('%', "%25").replace('+', "%2B").replace('#', "%23")
 }
 
 /// Channel name of a canonical topic.
 fn topic_channel(topic: &str) -> Vec<u8> {
+    if !topic.contains('%') {
+        return topic.as_bytes().to_vec();
+    }
     topic.replace("%23", "#").replace("%2B", "+").replace("%25", "%").into_bytes()
 }
 
@@ -157,10 +166,13 @@ impl Handler for Resp {
     }
 
     fn on_frames(data: Vec<u8>, ends: Vec<u32>) -> Result<(), String> {
-        let mut out = Vec::new();
+        // Replies are usually shorter than their commands; a big command
+        // (SET of a large value) must not double the guest's memory.
+        let mut out = Vec::with_capacity(data.len().min(16 * 1024));
+        let mut args = Vec::new();
         STATE.with_borrow_mut(|state| {
             for frame in frames(&data, &ends) {
-                let args = wire::arguments(frame);
+                wire::arguments_into(frame, &mut args);
                 if args.is_empty() {
                     continue;
                 }

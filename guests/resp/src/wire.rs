@@ -45,8 +45,25 @@ fn line(buffer: &[u8], at: usize, limit: usize) -> Result<Option<(&[u8], usize)>
     }
 }
 
+/// A decimal integer as `str::parse::<i64>` reads it (optional sign, at
+/// least one digit), without its UTF-8 check and generic machinery: every
+/// bulk header and multibulk count goes through here.
 fn number(text: &[u8]) -> Option<i64> {
-    std::str::from_utf8(text).ok()?.parse().ok()
+    let (negative, digits) = match text.split_first()? {
+        (b'-', rest) => (true, rest),
+        (b'+', rest) => (false, rest),
+        _ => (false, text),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut value: i64 = 0;
+    for &byte in digits {
+        let digit = i64::from(byte.checked_sub(b'0').filter(|d| *d <= 9)?);
+        value = value.checked_mul(10)?;
+        value = if negative { value.checked_sub(digit)? } else { value.checked_add(digit)? };
+    }
+    Some(value)
 }
 
 fn command_length(buffer: &[u8], max_bulk: usize) -> Result<Length, FrameError> {
@@ -86,12 +103,20 @@ fn command_length(buffer: &[u8], max_bulk: usize) -> Result<Length, FrameError> 
 
 /// Split a complete frame into its arguments.
 pub fn arguments(frame: &[u8]) -> Vec<&[u8]> {
+    let mut args = Vec::new();
+    arguments_into(frame, &mut args);
+    args
+}
+
+/// [`arguments`] into `args` (cleared first), so one vector serves a batch.
+pub fn arguments_into<'a>(frame: &'a [u8], args: &mut Vec<&'a [u8]>) {
+    args.clear();
     if frame.first() != Some(&b'*') {
         let text = frame.strip_suffix(b"\n").unwrap_or(frame);
         let text = text.strip_suffix(b"\r").unwrap_or(text);
-        return text.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()).collect();
+        args.extend(text.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()));
+        return;
     }
-    let mut args = Vec::new();
     let mut at = frame.iter().position(|b| *b == b'\n').map_or(frame.len(), |i| i + 1);
     while at < frame.len() {
         let header_end = at + frame[at..].iter().position(|b| *b == b'\n').unwrap_or(0);
@@ -100,7 +125,6 @@ pub fn arguments(frame: &[u8]) -> Vec<&[u8]> {
         args.push(&frame[data..data + len]);
         at = data + len + 2;
     }
-    args
 }
 
 /// Reply encoder for one connection's protocol version.
@@ -204,6 +228,16 @@ mod tests {
         assert_eq!(next, Some(25), "the ECHO command needs its 5-byte argument and CRLF");
         assert_eq!(arguments(b"*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n"), vec![&b"ECHO"[..], b"hi"]);
         assert_eq!(arguments(b"SET  k v\r\n"), vec![&b"SET"[..], b"k", b"v"]);
+    }
+
+    #[test]
+    fn numbers_read_like_str_parse() {
+        for text in ["0", "42", "-1", "+7", "9223372036854775807", "-9223372036854775808"] {
+            assert_eq!(number(text.as_bytes()), text.parse().ok(), "{text}");
+        }
+        for text in ["", "-", "+", "1a", " 1", "9223372036854775808", "--1", "1.0"] {
+            assert_eq!(number(text.as_bytes()), None, "{text}");
+        }
     }
 
     #[test]
