@@ -361,6 +361,11 @@ fn remove(state: &mut State, sid: &str) {
 
 /// Encode the deliveries already waiting for this connection.
 fn deliver_waiting(state: &mut State, out: &mut Vec<u8>) {
+    // Only a subscribed connection can have deliveries: a pure publisher
+    // skips the host call after every PUB.
+    if state.subs.is_empty() {
+        return;
+    }
     loop {
         let batch = host::take_deliveries(256);
         if batch.is_empty() {

@@ -43,6 +43,9 @@ pub fn to_topic(subject: &str, wildcards: bool) -> Result<String, SubjectError> 
     if subject.is_empty() {
         return Err("empty subject");
     }
+    if !wildcards && let Some(topic) = plain_topic(subject) {
+        return Ok(topic);
+    }
     let mut topic = String::with_capacity(subject.len());
     let mut tokens = subject.split('.').peekable();
     while let Some(token) = tokens.next() {
@@ -64,6 +67,28 @@ pub fn to_topic(subject: &str, wildcards: bool) -> Result<String, SubjectError> 
         }
     }
     Ok(topic)
+}
+
+/// The common publish subject, in one pass over its bytes: ASCII, tokens
+/// neither empty nor wildcards, nothing to escape or refuse. `None` sends
+/// anything else through the full rules of [`to_topic`].
+fn plain_topic(subject: &str) -> Option<String> {
+    let bytes = subject.as_bytes();
+    let mut token_start = 0;
+    for (i, &byte) in bytes.iter().enumerate() {
+        match byte {
+            b'.' if i == token_start => return None,
+            b'.' => token_start = i + 1,
+            b'*' | b'>' if i == token_start && bytes.get(i + 1).is_none_or(|&b| b == b'.') => return None,
+            b'%' | b'/' | b'+' | b'#' => return None,
+            byte if byte >= 0x80 || byte.is_ascii_whitespace() || byte.is_ascii_control() => return None,
+            _ => {}
+        }
+    }
+    if token_start == bytes.len() {
+        return None;
+    }
+    Some(subject.replace('.', "/"))
 }
 
 /// The NATS subject of a canonical topic.
@@ -109,6 +134,57 @@ mod tests {
         assert!(to_topic("a.*", false).is_err());
         assert!(to_topic("a b", false).is_err());
         assert!(to_topic("", true).is_err());
+    }
+
+    #[test]
+    fn the_plain_path_agrees_with_the_full_rules() {
+        let subjects = [
+            "a",
+            "a.b.c",
+            "orders.eu.42",
+            "a..b",
+            ".a",
+            "a.",
+            "a.*",
+            "*",
+            ">",
+            "a.>",
+            "a*b.c",
+            "a>.b",
+            "a b",
+            "a\tb",
+            "a/b",
+            "a%b",
+            "a+b",
+            "a#b",
+            "é.x",
+            "_INBOX.abc.1",
+        ];
+        for subject in subjects {
+            let full = {
+                // The rules without the fast path.
+                let mut topic = String::new();
+                let mut ok = true;
+                let tokens: Vec<&str> = subject.split('.').collect();
+                for (i, token) in tokens.iter().enumerate() {
+                    if token.is_empty()
+                        || token.contains(char::is_whitespace)
+                        || *token == "*"
+                        || *token == ">"
+                        || token.contains(['+', '#'])
+                    {
+                        ok = false;
+                        break;
+                    }
+                    if i > 0 {
+                        topic.push('/');
+                    }
+                    escape_into(&mut topic, token);
+                }
+                ok.then_some(topic)
+            };
+            assert_eq!(to_topic(subject, false).ok(), full, "{subject}");
+        }
     }
 
     #[test]

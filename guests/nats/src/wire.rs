@@ -93,14 +93,31 @@ pub fn parse(frame: &[u8], max_payload: usize) -> Result<Op<'_>, ParseError> {
     let line = line.strip_suffix('\r').unwrap_or(line);
     let (op, args) = line.split_once([' ', '\t']).unwrap_or((line, ""));
     let args = args.trim_start();
-    let words: Vec<&str> = args.split_ascii_whitespace().collect();
+    // No allocation per frame: at most four words are ever valid, so a
+    // fifth makes the slice too long for every pattern below.
+    let mut slots = [""; 5];
+    let mut count = 0;
+    for word in args.split_ascii_whitespace().take(slots.len()) {
+        slots[count] = word;
+        count += 1;
+    }
+    let words = &slots[..count];
     let body = &frame[newline + 1..];
-    match op.to_ascii_uppercase().as_str() {
+    let mut upper = [0u8; 7];
+    let op = match upper.get_mut(..op.len()) {
+        Some(name) => {
+            name.copy_from_slice(op.as_bytes());
+            name.make_ascii_uppercase();
+            std::str::from_utf8(name).unwrap_or("")
+        }
+        None => "",
+    };
+    match op {
         "CONNECT" => Ok(Op::Connect(args)),
         "PING" => Ok(Op::Ping),
         "PONG" => Ok(Op::Pong),
         "PUB" => {
-            let (subject, reply, size) = match words.as_slice() {
+            let (subject, reply, size) = match words {
                 [subject, size] => (*subject, None, *size),
                 [subject, reply, size] => (*subject, Some(*reply), *size),
                 _ => return Err(ParseError::BadArguments),
@@ -110,7 +127,7 @@ pub fn parse(frame: &[u8], max_payload: usize) -> Result<Op<'_>, ParseError> {
             Ok(Op::Pub { subject, reply, headers: None, payload })
         }
         "HPUB" => {
-            let (subject, reply, header_size, total) = match words.as_slice() {
+            let (subject, reply, header_size, total) = match words {
                 [subject, h, t] => (*subject, None, *h, *t),
                 [subject, reply, h, t] => (*subject, Some(*reply), *h, *t),
                 _ => return Err(ParseError::BadArguments),
@@ -124,12 +141,12 @@ pub fn parse(frame: &[u8], max_payload: usize) -> Result<Op<'_>, ParseError> {
             let (headers, payload) = all.split_at(header_size);
             Ok(Op::Pub { subject, reply, headers: Some(headers), payload })
         }
-        "SUB" => match words.as_slice() {
+        "SUB" => match words {
             [subject, sid] => Ok(Op::Sub { subject, queue: None, sid }),
             [subject, queue, sid] => Ok(Op::Sub { subject, queue: Some(queue), sid }),
             _ => Err(ParseError::BadArguments),
         },
-        "UNSUB" => match words.as_slice() {
+        "UNSUB" => match words {
             [sid] => Ok(Op::Unsub { sid, max: None }),
             [sid, max] => {
                 Ok(Op::Unsub { sid, max: Some(max.parse().map_err(|_| ParseError::BadArguments)?) })
