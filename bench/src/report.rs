@@ -195,33 +195,36 @@ fn chart(path: &Path, measurements: &[Measurement]) -> anyhow::Result<()> {
         let label = if m.metric == "throughput" { m.workload.to_string() } else { m.metric.clone() };
         groups.push((label, ours, ceiling));
     }
-    let top = groups.iter().flat_map(|g| [g.1, g.2]).flatten().fold(1.0f64, f64::max) * 1.15;
+    // Ratios run from a fraction to a hundred (the ceiling): a log axis.
+    let ratios = groups.iter().flat_map(|g| [g.1, g.2]).flatten();
+    let (low, high) = ratios.fold((1.0f64, 1.0f64), |(lo, hi), r| (lo.min(r), hi.max(r)));
+    let (bottom, top) = (low * 0.5, high * 2.0);
     let mut chart = ChartBuilder::on(&left)
-        .caption("Throughput relative to the reference server (= 1)", ("sans-serif", 18))
+        .caption("Throughput relative to the reference server (= 1, log scale)", ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(30)
         .y_label_area_size(40)
-        .build_cartesian_2d(0.0..groups.len().max(1) as f64, 0.0..top)?;
+        .build_cartesian_2d(0.0..groups.len().max(1) as f64, (bottom..top).log_scale())?;
     chart.configure_mesh().disable_x_mesh().disable_x_axis().y_desc("ratio").draw()?;
     let blue = RGBColor(52, 101, 164);
     let grey = RGBColor(170, 170, 170);
     for (i, (label, ours, ceiling)) in groups.iter().enumerate() {
         let x = i as f64;
         if let Some(v) = ours {
-            chart.draw_series([Rectangle::new([(x + 0.1, 0.0), (x + 0.5, *v)], blue.filled())])?;
+            chart.draw_series([Rectangle::new([(x + 0.1, bottom), (x + 0.5, *v)], blue.filled())])?;
         }
         if let Some(v) = ceiling {
-            chart.draw_series([Rectangle::new([(x + 0.5, 0.0), (x + 0.9, *v)], grey.filled())])?;
+            chart.draw_series([Rectangle::new([(x + 0.5, bottom), (x + 0.9, *v)], grey.filled())])?;
         }
-        chart.draw_series([Text::new(label.clone(), (x + 0.1, top * 0.97), ("sans-serif", 12))])?;
+        chart.draw_series([Text::new(label.clone(), (x + 0.1, top * 0.8), ("sans-serif", 12))])?;
     }
     chart.draw_series(LineSeries::new([(0.0, 1.0), (groups.len() as f64, 1.0)], BLACK))?;
     chart
-        .draw_series([Rectangle::new([(0.0, 0.0), (0.0, 0.0)], blue.filled())])?
+        .draw_series([Rectangle::new([(0.0, bottom), (0.0, bottom)], blue.filled())])?
         .label("sandport")
         .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], blue.filled()));
     chart
-        .draw_series([Rectangle::new([(0.0, 0.0), (0.0, 0.0)], grey.filled())])?
+        .draw_series([Rectangle::new([(0.0, bottom), (0.0, bottom)], grey.filled())])?
         .label("native forwarder (ceiling)")
         .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], grey.filled()));
     chart
