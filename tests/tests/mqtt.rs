@@ -268,3 +268,25 @@ async fn mosquitto_tools_speak_mqtt5_and_mqtt31() {
     assert_eq!(lines[1], "five/b|from 3.1|1|||||5|");
     broker.shutdown().await;
 }
+
+/// More connections at once than calls in flight: each guest keeps the
+/// fiber stack of its last call, so a pool sized for calls in flight (it was
+/// 2048) refused the connections beyond it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_connections_stay_open_at_once() {
+    const CONNECTIONS: usize = 2_100;
+    let broker = TestBroker::start(CONFIG).await;
+    let addr = broker.addr("mqtt");
+    let mut clients = Vec::with_capacity(CONNECTIONS);
+    for i in 0..CONNECTIONS {
+        clients.push(RawClient::handshake(addr, &format!("many-{i}")).await);
+    }
+    // The first and the last still answer.
+    for at in [0, CONNECTIONS - 1] {
+        clients[at].send(&[0xc0, 0]).await; // PINGREQ
+        assert_eq!(clients[at].read(2).await, [0xd0, 0]);
+    }
+    assert_eq!(broker.counter("mqtt", "connections_refused"), 0);
+    drop(clients);
+    broker.shutdown().await;
+}
