@@ -38,7 +38,11 @@ fn every_workload_runs_against_every_server() {
     for server in ["sandport", "mosquitto", "forwarder"] {
         assert!(has("mqtt-latency", "p99", server), "latency on {server} missing");
         assert!(has("mqtt-storm", "connections", server), "storm on {server} missing");
-        assert!(has("mqtt-idle", "rss-per-connection", server), "idle on {server} missing");
+        // A hundred idle clients may fit in memory a server already has.
+        let idle = measurements.iter().find(|m| {
+            m["workload"] == "mqtt-idle" && m["metric"] == "rss-per-connection" && m["server"] == server
+        });
+        assert!(idle.is_some_and(|m| m["value"].as_f64().unwrap() >= 0.0), "idle on {server} missing");
     }
     assert!(has("nats", "throughput", "sandport") && has("nats", "throughput", "nats-server"));
     for test in ["ping_inline", "ping_mbulk", "publish"] {
