@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -124,6 +124,10 @@ pub struct Session {
     store: Arc<Store>,
     queue_settings: QueueSettings,
     dropped: AtomicU64,
+    /// Session-scoped key-value entries may exist (the guest used that
+    /// scope, or the session was restored), so ending it must clear them;
+    /// otherwise ending it skips the scan of the protocol's keys.
+    kv_used: AtomicBool,
     inner: Mutex<Inner>,
 }
 
@@ -140,6 +144,7 @@ impl Session {
             protocol,
             client_id,
             store: registry.store.clone(),
+            kv_used: AtomicBool::new(false),
             queue_settings: registry.queue,
             dropped: AtomicU64::new(0),
             inner: Mutex::new(Inner {
@@ -159,6 +164,11 @@ impl Session {
                 pending_will: None,
             }),
         }
+    }
+
+    /// The session's key-value scope is (or may be) in use.
+    pub fn note_kv_use(&self) {
+        self.kv_used.store(true, Ordering::Release);
     }
 
     /// Connection id of the holder, if online.
@@ -564,7 +574,9 @@ impl Sessions {
         if session.inner.lock().stored {
             self.store.submit(vec![Op::DeleteSession { key: session.store_key.clone() }]);
         }
-        if let Some(kv) = self.kvs.lock().get(&session.protocol) {
+        if session.kv_used.load(Ordering::Acquire)
+            && let Some(kv) = self.kvs.lock().get(&session.protocol)
+        {
             kv.delete_prefix(&crate::wasm::host::session_kv_prefix(&session.client_id));
         }
     }
@@ -594,6 +606,7 @@ impl Sessions {
                 record.expiry_secs,
             ));
             {
+                session.note_kv_use();
                 let mut inner = session.inner.lock();
                 inner.stored = true;
                 // A crash leaves no disconnect time: count from this start.
@@ -664,6 +677,29 @@ mod tests {
         assert_eq!(sessions.sweep(&router, unix_now() + 5), 0);
         assert_eq!(sessions.sweep(&router, unix_now() + 11), 1);
         assert!(sessions.get("mqtt", "forever").is_some());
+    }
+
+    #[test]
+    fn ending_a_session_clears_its_keys_when_it_used_them() {
+        use crate::kv::{Condition, Kv, Ttl};
+        let (router, sessions) = (Router::default(), registry());
+        let protocol: Arc<str> = "mqtt".into();
+        let kv = Arc::new(Kv::new(protocol.clone(), 1 << 20, Arc::new(Store::memory().0)));
+        sessions.register_kv(protocol.clone(), kv.clone());
+        let (mailbox, _inbox) = Mailbox::new(1, 1 << 20);
+        let key = |client: &str| format!("{}k", crate::wasm::host::session_kv_prefix(client));
+        for client in ["user", "quiet"] {
+            kv.set(key(client), b"v".to_vec(), Condition::Always, Ttl::None).unwrap();
+        }
+        let user = sessions.attach(&router, &protocol, "user", true, Some(0), 10, &mailbox).session;
+        user.note_kv_use();
+        let quiet = sessions.attach(&router, &protocol, "quiet", true, Some(0), 10, &mailbox).session;
+        sessions.release(&router, &user, 1);
+        sessions.release(&router, &quiet, 1);
+        assert_eq!(kv.get(&key("user")), None, "a session that used its keys loses them with it");
+        // Never written by this session (a host call would have noted it):
+        // ending it does not scan the protocol's keys.
+        assert!(kv.get(&key("quiet")).is_some());
     }
 
     #[tokio::test]

@@ -147,7 +147,10 @@ impl GuestState {
         match scope {
             KvScope::Protocol => Ok(format!("p\0{key}")),
             KvScope::Session => match &self.session {
-                Some(session) => Ok(format!("{}{key}", session_kv_prefix(&session.client_id))),
+                Some(session) => {
+                    session.note_kv_use();
+                    Ok(format!("{}{key}", session_kv_prefix(&session.client_id)))
+                }
                 None => Err(HostError { code: ErrorCode::Invalid, message: "no session attached".into() }),
             },
         }
