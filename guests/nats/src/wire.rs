@@ -5,6 +5,8 @@
 //! parser (control lines end in CRLF; `PUB`/`HPUB` are followed by a payload
 //! of the announced size and a CRLF).
 
+use sandport_guest::put_decimal;
+
 /// Longest control line nats-server accepts (`MAX_CONTROL_LINE_SIZE`).
 pub const MAX_CONTROL_LINE: usize = 4096;
 
@@ -219,11 +221,11 @@ pub fn put_message(
     }
     out.push(b' ');
     if let Some(headers) = headers {
-        put_decimal(out, headers.len());
+        put_decimal(out, headers.len() as u64);
         out.push(b' ');
-        put_decimal(out, headers.len() + payload.len());
+        put_decimal(out, (headers.len() + payload.len()) as u64);
     } else {
-        put_decimal(out, payload.len());
+        put_decimal(out, payload.len() as u64);
     }
     out.extend_from_slice(b"\r\n");
     if let Some(headers) = headers {
@@ -231,21 +233,6 @@ pub fn put_message(
     }
     out.extend_from_slice(payload);
     out.extend_from_slice(b"\r\n");
-}
-
-/// Append `n` in decimal.
-fn put_decimal(out: &mut Vec<u8>, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 //! or as inline lines (`PING\r\n`). Lengths are checked against Redis's
 //! limits before anything is buffered.
 
+use sandport_guest::put_decimal;
+
 /// Longest inline command line (Redis `PROTO_INLINE_MAX_SIZE`).
 pub const MAX_INLINE: usize = 64 * 1024;
 /// Most arguments in one command (Redis allows 1024*1024).
@@ -147,7 +149,7 @@ impl Encoder {
         if n < 0 {
             out.push(b'-');
         }
-        decimal(out, n.unsigned_abs());
+        put_decimal(out, n.unsigned_abs());
         out.extend_from_slice(b"\r\n");
     }
 
@@ -197,23 +199,8 @@ fn put_line(out: &mut Vec<u8>, kind: u8, text: &[u8]) {
 /// `kind`, `n` in decimal, CRLF: the header of a bulk string or aggregate.
 fn header(out: &mut Vec<u8>, kind: u8, n: usize) {
     out.push(kind);
-    decimal(out, n as u64);
+    put_decimal(out, n as u64);
     out.extend_from_slice(b"\r\n");
-}
-
-/// `n` in decimal.
-fn decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
 }
 
 #[cfg(test)]

@@ -41,6 +41,22 @@ pub fn frames<'a>(data: &'a [u8], ends: &'a [u32]) -> impl Iterator<Item = &'a [
     })
 }
 
+/// Append `n` in decimal: for the length fields of text protocols, written
+/// on every message, where `format!` would cost an allocation each time.
+pub fn put_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 /// A message with only the fields most protocols set; fill in the rest with
 /// struct update syntax.
 pub fn message(topic: impl Into<String>, payload: impl Into<Vec<u8>>) -> types::Message {
@@ -71,6 +87,16 @@ pub fn wildcard_subscription() -> types::SubscribeOptions {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn decimals() {
+        let mut out = Vec::new();
+        for n in [0, 7, 42, u64::MAX] {
+            super::put_decimal(&mut out, n);
+            out.push(b' ');
+        }
+        assert_eq!(out, b"0 7 42 18446744073709551615 ");
+    }
+
     #[test]
     fn frames_split_the_buffer_at_the_ends() {
         let frames: Vec<&[u8]> = super::frames(b"abcdef", &[1, 3, 6]).collect();
