@@ -6,8 +6,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 
 /// Messages encoded into one socket write.
@@ -48,6 +49,17 @@ impl Flow {
         }
         Ok(())
     }
+}
+
+/// Read and drop what the server sends a publisher (acks, PINGs), so its
+/// socket never fills; abort the task when done.
+pub fn drain(mut read: OwnedReadHalf) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut sink = BytesMut::with_capacity(4096);
+        while matches!(read.read_buf(&mut sink).await, Ok(n) if n > 0) {
+            sink.clear();
+        }
+    })
 }
 
 /// Publish `total` messages, `encode(buffer, sequence)` appending one, never

@@ -126,15 +126,6 @@ async fn subscriber(
     Ok(samples)
 }
 
-/// Read and drop what the server sends a publisher (PUBACKs).
-fn drain(mut reader: Reader) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        while matches!(reader.read.read_buf(&mut reader.buf).await, Ok(n) if n > 0) {
-            reader.buf.clear();
-        }
-    })
-}
-
 /// Result of a throughput run.
 pub struct Throughput {
     /// Messages received, over all subscribers.
@@ -179,7 +170,7 @@ pub async fn pubsub(
         tasks.push(tokio::spawn(subscriber(reader, write, flow.clone(), total, Record::Count)));
     }
     let (reader, mut write) = Client::connect(addr, "bench-pub").await?.split();
-    let drained = drain(reader);
+    let drained = flow::drain(reader.read);
     let payload = flow::stamped_payload(0);
     let started = Instant::now();
     let publish =

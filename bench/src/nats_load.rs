@@ -103,13 +103,8 @@ pub async fn pubsub(
         }
         anyhow::Ok(())
     });
-    let (mut pub_read, mut write, _) = connect(addr, "").await?;
-    let drained = tokio::spawn(async move {
-        let mut sink = BytesMut::with_capacity(4096);
-        while matches!(pub_read.read_buf(&mut sink).await, Ok(n) if n > 0) {
-            sink.clear();
-        }
-    });
+    let (pub_read, mut write, _) = connect(addr, "").await?;
+    let drained = flow::drain(pub_read);
     let payload = flow::stamped_payload(0);
     let started = Instant::now();
     let header = format!("PUB {SUBJECT} {}\r\n", payload.len());

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use serde::Serialize;
 
@@ -206,36 +207,14 @@ fn chart(path: &Path, measurements: &[Measurement]) -> anyhow::Result<()> {
         .y_label_area_size(40)
         .build_cartesian_2d(0.0..groups.len().max(1) as f64, (bottom..top).log_scale())?;
     chart.configure_mesh().disable_x_mesh().disable_x_axis().y_desc("ratio").draw()?;
-    let blue = RGBColor(52, 101, 164);
-    let grey = RGBColor(170, 170, 170);
-    for (i, (label, ours, ceiling)) in groups.iter().enumerate() {
-        let x = i as f64;
-        if let Some(v) = ours {
-            chart.draw_series([Rectangle::new([(x + 0.1, bottom), (x + 0.5, *v)], blue.filled())])?;
-        }
-        if let Some(v) = ceiling {
-            chart.draw_series([Rectangle::new([(x + 0.5, bottom), (x + 0.9, *v)], grey.filled())])?;
-        }
-        chart.draw_series([Text::new(label.clone(), (x + 0.1, top * 0.8), ("sans-serif", 12))])?;
-    }
+    draw_pairs(&mut chart, &groups, bottom, top * 0.8, ["sandport", "native forwarder (ceiling)"])?;
     chart.draw_series(LineSeries::new([(0.0, 1.0), (groups.len() as f64, 1.0)], BLACK))?;
-    chart
-        .draw_series([Rectangle::new([(0.0, bottom), (0.0, bottom)], blue.filled())])?
-        .label("sandport")
-        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], blue.filled()));
-    chart
-        .draw_series([Rectangle::new([(0.0, bottom), (0.0, bottom)], grey.filled())])?
-        .label("native forwarder (ceiling)")
-        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], grey.filled()));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE)
-        .draw()?;
 
     let servers = [ServerKind::Sandport, ServerKind::Mosquitto, ServerKind::Forwarder];
-    let latency = |server, metric| find(measurements, "mqtt-latency", metric, server).unwrap_or(0.0);
-    let top = servers.iter().map(|&s| latency(s, "p99")).fold(1.0f64, f64::max) * 1.2;
+    let latency = |server, metric| find(measurements, "mqtt-latency", metric, server);
+    let pairs: Vec<_> =
+        servers.iter().map(|&s| (s.name().to_string(), latency(s, "p50"), latency(s, "p99"))).collect();
+    let top = pairs.iter().filter_map(|p| p.2).fold(1.0f64, f64::max) * 1.2;
     let mut chart = ChartBuilder::on(&right)
         .caption("MQTT latency at half of peak (µs)", ("sans-serif", 18))
         .margin(12)
@@ -243,31 +222,40 @@ fn chart(path: &Path, measurements: &[Measurement]) -> anyhow::Result<()> {
         .y_label_area_size(50)
         .build_cartesian_2d(0.0..servers.len() as f64, 0.0..top)?;
     chart.configure_mesh().disable_x_mesh().disable_x_axis().draw()?;
-    for (i, &server) in servers.iter().enumerate() {
+    draw_pairs(&mut chart, &pairs, 0.0, top * 0.97, ["p50", "p99"])?;
+    root.present()?;
+    Ok(())
+}
+
+/// Two bars per group (blue, grey) rising from `bottom`, the group's label
+/// at height `label_at`, and a legend naming the two bars.
+fn draw_pairs<'a, Y: Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, Y>>,
+    groups: &[(String, Option<f64>, Option<f64>)],
+    bottom: f64,
+    label_at: f64,
+    names: [&str; 2],
+) -> anyhow::Result<()> {
+    let colors = [RGBColor(52, 101, 164), RGBColor(170, 170, 170)];
+    for (i, (label, first, second)) in groups.iter().enumerate() {
         let x = i as f64;
-        chart.draw_series([Rectangle::new(
-            [(x + 0.1, 0.0), (x + 0.5, latency(server, "p50"))],
-            blue.filled(),
-        )])?;
-        chart.draw_series([Rectangle::new(
-            [(x + 0.5, 0.0), (x + 0.9, latency(server, "p99"))],
-            grey.filled(),
-        )])?;
-        chart.draw_series([Text::new(server.name(), (x + 0.1, top * 0.97), ("sans-serif", 12))])?;
+        for (at, value, color) in [(x + 0.1, first, colors[0]), (x + 0.5, second, colors[1])] {
+            if let Some(value) = value {
+                chart.draw_series([Rectangle::new([(at, bottom), (at + 0.4, *value)], color.filled())])?;
+            }
+        }
+        chart.draw_series([Text::new(label.clone(), (x + 0.1, label_at), ("sans-serif", 12))])?;
     }
-    chart
-        .draw_series([Rectangle::new([(0.0, 0.0), (0.0, 0.0)], blue.filled())])?
-        .label("p50")
-        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], blue.filled()));
-    chart
-        .draw_series([Rectangle::new([(0.0, 0.0), (0.0, 0.0)], grey.filled())])?
-        .label("p99")
-        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], grey.filled()));
+    for (name, color) in names.into_iter().zip(colors) {
+        chart
+            .draw_series([Rectangle::new([(0.0, bottom), (0.0, bottom)], color.filled())])?
+            .label(name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+    }
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE)
         .draw()?;
-    root.present()?;
     Ok(())
 }
