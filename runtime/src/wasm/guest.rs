@@ -9,7 +9,7 @@ use std::cell::Cell;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use wasmtime::component::{Func, Instance, TypedFunc};
+use wasmtime::component::{ComponentExportIndex, Func, TypedFunc};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use crate::metrics::ProtocolMetrics;
@@ -17,9 +17,6 @@ use crate::wasm::bindings::types::{CloseReason, ConnectionInfo, FrameScan, Probe
 use crate::wasm::bindings::{Protocol as World, ProtocolPre as WorldPre};
 use crate::wasm::state::{GuestState, Violation};
 use crate::wasm::views::DeliveryView;
-
-/// The exported interface guests implement.
-const HANDLER: &str = "sandport:protocol/handler@0.1.0";
 
 /// Longest trap description kept for logs.
 const MAX_FAULT_TEXT: usize = 512;
@@ -119,6 +116,7 @@ impl Guest {
     pub async fn instantiate(
         engine: &Engine,
         pre: &WorldPre<GuestState>,
+        on_deliver: &ComponentExportIndex,
         state: GuestState,
         deadline_ticks: u32,
     ) -> Result<Self, Fault> {
@@ -137,9 +135,9 @@ impl Guest {
         let instantiated = async {
             let instance = pre.instance_pre().instantiate_async(&mut store).await?;
             let world = World::new(&mut store, &instance)?;
-            let on_deliver = export_func(&mut store, &instance, "on-deliver")?;
-            // Checked once here, so each call can skip the check.
-            on_deliver.typed::<(&[DeliveryView<'_>],), ()>(&store)?;
+            let on_deliver = instance
+                .get_func(&mut store, on_deliver)
+                .ok_or_else(|| wasmtime::Error::msg("the component does not export handler.on-deliver"))?;
             wasmtime::Result::Ok((world, on_deliver))
         };
         let (world, on_deliver) = match instantiated.await {
@@ -220,11 +218,20 @@ impl Guest {
         call_export!(self.call_on_frames(data, ends))
     }
 
+    /// Check that `on-deliver` takes what [`DeliveryView`] lowers; done once
+    /// per component at load, so the calls can skip it.
+    pub fn check_on_deliver(&self) -> Result<(), String> {
+        self.on_deliver
+            .typed::<(&[DeliveryView<'_>],), ()>(&self.store)
+            .map(drop)
+            .map_err(|e| format!("{e:#}"))
+    }
+
     /// `on-deliver`, with deliveries borrowed from the routed messages.
     pub async fn on_deliver(&mut self, batch: &[DeliveryView<'_>]) -> Result<(), Fault> {
         self.begin_call()?;
         // SAFETY: the function's type was checked against these parameters
-        // when the instance was created.
+        // when the component was loaded (`check_on_deliver`).
         let func = unsafe { TypedFunc::<(&[DeliveryView<'_>],), ()>::new_unchecked(self.on_deliver) };
         let (result, cpu) = cpu_sampled(func.call_async(&mut self.store, (batch,))).await;
         self.end_call(cpu, result)
@@ -239,14 +246,6 @@ impl Guest {
     pub async fn on_close(&mut self, reason: &CloseReason) -> Result<(), Fault> {
         call_export!(self.call_on_close(reason))
     }
-}
-
-/// The `handler` export `name` of a protocol instance.
-fn export_func(store: &mut Store<GuestState>, instance: &Instance, name: &str) -> wasmtime::Result<Func> {
-    let missing = || wasmtime::Error::msg(format!("the component does not export {HANDLER}.{name}"));
-    let handler = instance.get_export_index(&mut *store, None, HANDLER).ok_or_else(missing)?;
-    let index = instance.get_export_index(&mut *store, Some(&handler), name).ok_or_else(missing)?;
-    instance.get_func(&mut *store, index).ok_or_else(missing)
 }
 
 /// Turn a call error into a fault, using what the store saw.
