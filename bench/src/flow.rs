@@ -14,6 +14,19 @@ use tokio::sync::Notify;
 /// Messages encoded into one socket write.
 const WRITE_BATCH: u64 = 256;
 
+/// Result of a throughput run.
+pub struct Throughput {
+    /// Messages received, over all subscribers.
+    pub deliveries: u64,
+    pub elapsed: Duration,
+}
+
+impl Throughput {
+    pub fn deliveries_per_sec(&self) -> f64 {
+        self.deliveries as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
 /// What the subscribers have received, for the publisher to pace itself.
 #[derive(Default)]
 pub struct Flow {

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::flow::{self, Flow};
+use crate::flow::{self, Flow, Throughput};
 use crate::mqtt;
 
 const TOPIC: &str = "bench/t";
@@ -124,19 +124,6 @@ async fn subscriber(
         flow.add(batch);
     }
     Ok(samples)
-}
-
-/// Result of a throughput run.
-pub struct Throughput {
-    /// Messages received, over all subscribers.
-    pub deliveries: u64,
-    pub elapsed: Duration,
-}
-
-impl Throughput {
-    pub fn deliveries_per_sec(&self) -> f64 {
-        self.deliveries as f64 / self.elapsed.as_secs_f64()
-    }
 }
 
 /// Connect `count` subscribers to `TOPIC` with `qos`; returns their halves.

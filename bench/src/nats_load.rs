@@ -11,8 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::flow::{self, Flow};
-use crate::mqtt_load::Throughput;
+use crate::flow::{self, Flow, Throughput};
 
 const SUBJECT: &str = "bench.t";
 
