@@ -23,7 +23,8 @@ pub enum Workload {
     MqttLatency,
     /// MQTT CONNECT → CONNACK → DISCONNECT, 32 clients at a time.
     MqttStorm,
-    /// 10 000 idle MQTT connections: resident memory per connection.
+    /// 10 000 idle MQTT connections: resident memory per connection, on a
+    /// fresh server and again after they all closed and came back.
     MqttIdle,
     /// NATS core PUB → SUB, 64 B.
     Nats,
@@ -285,9 +286,21 @@ impl Bench {
                 let clients = mqtt_load::open_idle(addr, scale.idle_connections, 64).await?;
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let after = server.rss_bytes()?;
+                // Then all of them again after they closed: what connections
+                // cost in a server whose clients come and go (reused slots,
+                // allocator caches), over the same baseline.
+                drop(clients);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let clients = mqtt_load::open_idle(addr, scale.idle_connections, 64).await?;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let after_churn = server.rss_bytes()?;
                 drop((warm, clients));
-                let per = after.saturating_sub(before) as f64 / scale.idle_connections as f64;
-                vec![Figure::lower("rss-per-connection", per / 1024.0, "KiB")]
+                let per =
+                    |rss: u64| rss.saturating_sub(before) as f64 / scale.idle_connections as f64 / 1024.0;
+                vec![
+                    Figure::lower("rss-per-connection", per(after), "KiB"),
+                    Figure::lower("rss-after-churn", per(after_churn), "KiB"),
+                ]
             }
             Workload::Nats => {
                 let run = nats_load::pubsub(addr, scale.nats_messages, scale.window, scale.limit).await?;

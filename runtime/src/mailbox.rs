@@ -4,12 +4,18 @@
 //! The router pushes without waiting; the connection task drains in batches.
 //! The byte bound is shared with the guest's own output, so one slow client
 //! costs the broker at most its `outbound_buffer_bytes`.
+//!
+//! The queue is a `VecDeque` behind a lock rather than a channel: an empty
+//! one allocates nothing (a tokio channel allocates a block of 32 slots up
+//! front, 1.5 KiB for every idle connection), and the connection takes a
+//! whole batch under one lock.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::store::StoredMessage;
 use crate::wasm::bindings::types::Qos;
@@ -69,7 +75,11 @@ pub enum Kick {
 pub struct Mailbox {
     /// Connection id, for no-local and logs.
     pub connection: u64,
-    tx: mpsc::UnboundedSender<Routed>,
+    queue: Mutex<VecDeque<Routed>>,
+    /// Woken when the queue stops being empty.
+    arrived: Notify,
+    /// The inbox was dropped: pushes are refused.
+    closed: AtomicBool,
     queued_bytes: AtomicUsize,
     limit: usize,
     dropped: AtomicU64,
@@ -79,9 +89,12 @@ pub struct Mailbox {
 
 /// The receiving side, owned by the connection task.
 pub struct Inbox {
-    rx: mpsc::UnboundedReceiver<Routed>,
     mailbox: Arc<Mailbox>,
 }
+
+/// Most queue capacity an inbox keeps once drained; a burst beyond it is
+/// given back rather than held by a connection that went quiet.
+const KEPT_CAPACITY: usize = 256;
 
 /// Outcome of a push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,17 +107,18 @@ pub enum Pushed {
 impl Mailbox {
     /// A mailbox for `connection` holding at most `limit` bytes.
     pub fn new(connection: u64, limit: usize) -> (Arc<Mailbox>, Inbox) {
-        let (tx, rx) = mpsc::unbounded_channel();
         let mailbox = Arc::new(Mailbox {
             connection,
-            tx,
+            queue: Mutex::new(VecDeque::new()),
+            arrived: Notify::new(),
+            closed: AtomicBool::new(false),
             queued_bytes: AtomicUsize::new(0),
             limit,
             dropped: AtomicU64::new(0),
             kick: Notify::new(),
             kick_reason: Mutex::new(None),
         });
-        (mailbox.clone(), Inbox { rx, mailbox })
+        (mailbox.clone(), Inbox { mailbox })
     }
 
     /// Queue a delivery unless the connection is over its byte bound.
@@ -126,10 +140,22 @@ impl Mailbox {
             }
             return Pushed::Dropped;
         }
-        if self.tx.send(routed).is_err() {
-            // The connection is gone; nothing to charge.
-            self.queued_bytes.fetch_sub(charge, Ordering::AcqRel);
-            return Pushed::Dropped;
+        let was_empty = {
+            let mut queue = self.queue.lock();
+            if self.closed.load(Ordering::Acquire) {
+                drop(queue);
+                // The connection is gone; nothing to charge.
+                self.queued_bytes.fetch_sub(charge, Ordering::AcqRel);
+                return Pushed::Dropped;
+            }
+            queue.push_back(routed);
+            queue.len() == 1
+        };
+        // The inbox sleeps only on an empty queue, so only the first push
+        // after it emptied needs to wake it (a stored permit covers a push
+        // that lands between its check and its wait).
+        if was_empty {
+            self.arrived.notify_one();
         }
         Pushed::Queued
     }
@@ -169,41 +195,126 @@ impl Inbox {
     /// Take deliveries, waiting for at least one: at most `max` of them and,
     /// after the first, at most `max_bytes` of charge, so the guest's encoded
     /// output for one batch stays within the outbound buffer. Returns how
-    /// many were taken; 0 only when every sender is gone.
+    /// many were taken. Cancel-safe: nothing is taken unless it returns.
     pub async fn recv_batch(&mut self, into: &mut Vec<Routed>, max: usize, max_bytes: usize) -> usize {
-        let Some(first) = self.rx.recv().await else { return 0 };
-        let mut taken = first.charge();
-        into.push(first);
-        let mut n = 1;
-        while n < max && taken < max_bytes {
-            match self.rx.try_recv() {
-                Ok(routed) => {
-                    taken += routed.charge();
-                    into.push(routed);
-                    n += 1;
-                }
-                Err(_) => break,
+        loop {
+            let taken = self.take_into(into, max, max_bytes);
+            if taken > 0 {
+                return taken;
             }
+            self.mailbox.arrived.notified().await;
         }
-        self.mailbox.queued_bytes.fetch_sub(taken, Ordering::AcqRel);
-        n
     }
 
     /// Take what is waiting now, without waiting: at most `max` deliveries
     /// and, after the first, at most `max_bytes` of charge.
     pub fn try_take(&mut self, max: usize, max_bytes: usize) -> Vec<Routed> {
         let mut taken = Vec::new();
-        let mut bytes = 0;
-        while taken.len() < max && (taken.is_empty() || bytes < max_bytes) {
-            match self.rx.try_recv() {
-                Ok(routed) => {
-                    bytes += routed.charge();
-                    taken.push(routed);
-                }
-                Err(_) => break,
-            }
+        self.take_into(&mut taken, max, max_bytes);
+        taken
+    }
+
+    fn take_into(&mut self, into: &mut Vec<Routed>, max: usize, max_bytes: usize) -> usize {
+        let mut queue = self.mailbox.queue.lock();
+        let (mut taken, mut bytes) = (0, 0);
+        while taken < max && (taken == 0 || bytes < max_bytes) {
+            let Some(routed) = queue.pop_front() else { break };
+            bytes += routed.charge();
+            into.push(routed);
+            taken += 1;
         }
+        if queue.is_empty() && queue.capacity() > KEPT_CAPACITY {
+            queue.shrink_to(KEPT_CAPACITY);
+        }
+        drop(queue);
         self.mailbox.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
         taken
+    }
+}
+
+impl Drop for Inbox {
+    /// The connection is gone: later pushes are refused and what is queued
+    /// is released now, not when the last router reference goes.
+    fn drop(&mut self) {
+        let mut queue = self.mailbox.queue.lock();
+        self.mailbox.closed.store(true, Ordering::Release);
+        let queued = std::mem::take(&mut *queue);
+        drop(queue);
+        let bytes: usize = queued.iter().map(Routed::charge).sum();
+        self.mailbox.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::wasm::bindings::types::Message;
+
+    fn routed(payload: &str) -> Routed {
+        let message = Arc::new(StoredMessage { message: Message::new("t", payload), published_at: 0 });
+        Routed::live(1, &message, Qos::AtMostOnce, false)
+    }
+
+    #[tokio::test]
+    async fn batches_stop_at_the_count_and_byte_limits_and_keep_the_rest() {
+        let (mailbox, mut inbox) = Mailbox::new(1, 1 << 20);
+        for _ in 0..5 {
+            assert_eq!(mailbox.push(routed("x")), Pushed::Queued);
+        }
+        let mut batch = Vec::new();
+        assert_eq!(inbox.recv_batch(&mut batch, 2, usize::MAX).await, 2);
+        // One byte of budget still takes one delivery, never none.
+        assert_eq!(inbox.recv_batch(&mut batch, 10, 1).await, 1);
+        assert_eq!(inbox.try_take(10, usize::MAX).len(), 2);
+        assert_eq!(mailbox.queued_bytes(), 0);
+        assert!(inbox.try_take(10, usize::MAX).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_inbox_wakes_for_a_push_after_it_emptied() {
+        let (mailbox, mut inbox) = Mailbox::new(1, 1 << 20);
+        let waiter = tokio::spawn(async move {
+            let mut batch = Vec::new();
+            inbox.recv_batch(&mut batch, 10, usize::MAX).await;
+            inbox.recv_batch(&mut batch, 10, usize::MAX).await;
+            batch.len()
+        });
+        mailbox.push(routed("a"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        mailbox.push(routed("b"));
+        let taken = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken").unwrap();
+        assert_eq!(taken, 2);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_wait_loses_nothing() {
+        let (mailbox, mut inbox) = Mailbox::new(1, 1 << 20);
+        let mut batch = Vec::new();
+        let waited =
+            tokio::time::timeout(Duration::from_millis(10), inbox.recv_batch(&mut batch, 10, usize::MAX));
+        assert!(waited.await.is_err());
+        mailbox.push(routed("late"));
+        assert_eq!(inbox.recv_batch(&mut batch, 10, usize::MAX).await, 1);
+    }
+
+    #[test]
+    fn over_the_byte_bound_pushes_are_dropped_and_counted() {
+        let (mailbox, _inbox) = Mailbox::new(1, 2 * routed("x").charge());
+        assert_eq!(mailbox.push(routed("x")), Pushed::Queued);
+        assert_eq!(mailbox.push(routed("x")), Pushed::Queued);
+        assert_eq!(mailbox.push(routed("x")), Pushed::Dropped);
+        assert_eq!(mailbox.dropped(), 1);
+    }
+
+    #[test]
+    fn after_the_inbox_is_gone_pushes_are_refused_and_the_queue_released() {
+        let (mailbox, inbox) = Mailbox::new(1, 1 << 20);
+        mailbox.push(routed("queued"));
+        drop(inbox);
+        assert_eq!(mailbox.queued_bytes(), 0);
+        assert_eq!(mailbox.push(routed("late")), Pushed::Dropped);
+        assert_eq!(mailbox.queued_bytes(), 0);
     }
 }

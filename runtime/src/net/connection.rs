@@ -114,12 +114,11 @@ pub async fn serve(listener: Arc<ListenerInfo>, tcp: TcpStream, peer: SocketAddr
     let local = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
     // The handshake and probe futures are big and live only at the start:
     // boxed, they do not make every connection's task that big for its life.
-    let Some((mut stream, transport, certificate_user)) = Box::pin(transport(&listener, tcp, peer, id)).await
-    else {
+    let Some(mut carried) = Box::pin(transport(&listener, tcp, peer, id)).await else {
         return;
     };
     let chosen = tokio::select! {
-        chosen = Box::pin(probe::choose(&mut stream, &listener.candidates, id, listener.probe_bytes, listener.probe_timeout)) => chosen,
+        chosen = Box::pin(probe::choose(&mut carried.stream, &listener.candidates, id, listener.probe_bytes, listener.probe_timeout)) => chosen,
         _ = listener.shutdown.cancelled() => return,
     };
     let chosen = match chosen {
@@ -129,17 +128,39 @@ pub async fn serve(listener: Arc<ListenerInfo>, tcp: TcpStream, peer: SocketAddr
             return;
         }
     };
+    let Some((mut connection, info)) = admit(&listener, chosen, carried, peer, id, local) else {
+        return;
+    };
+    let end = connection.run(&info).await;
+    connection.finish(end).await;
+    let env = &connection.protocol.env;
+    env.connections.remove(id);
+    env.metrics.connections_active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Take a probed connection in: the protocol's breaker and connection cap,
+/// its mailbox and registration. Synchronous, so the set-up's temporaries
+/// are not kept in every connection task's future for its whole life.
+fn admit(
+    listener: &ListenerInfo,
+    chosen: probe::Chosen,
+    carried: Carried,
+    peer: SocketAddr,
+    id: u64,
+    local: String,
+) -> Option<(Connection, ConnectionInfo)> {
+    let Carried { stream, transport, certificate_user } = carried;
     let protocol = chosen.protocol;
     let metrics = &protocol.env.metrics;
     if let Some(left) = protocol.env.breaker.open_for(std::time::Instant::now()) {
         ProtocolMetrics::bump(&metrics.connections_refused);
         tracing::warn!(protocol = %protocol.env.name, %peer, left_ms = left.as_millis() as u64, "connection refused: the protocol's crash-loop breaker is open");
-        return;
+        return None;
     }
-    let Ok(_permit) = protocol.permits.clone().try_acquire_owned() else {
+    let Ok(permit) = protocol.permits.clone().try_acquire_owned() else {
         ProtocolMetrics::bump(&metrics.connections_refused);
         tracing::warn!(protocol = %protocol.env.name, %peer, "connection refused: max_connections reached");
-        return;
+        return None;
     };
     let (mailbox, inbox) = Mailbox::new(id, protocol.env.limits.outbound_buffer_bytes);
     let mut guest = chosen.guest;
@@ -165,7 +186,8 @@ pub async fn serve(listener: Arc<ListenerInfo>, tcp: TcpStream, peer: SocketAddr
     metrics.connections_active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::debug!(protocol = %protocol.env.name, %peer, conn = id, "connection opened");
 
-    let mut connection = Connection {
+    let connection = Connection {
+        _permit: permit,
         stream,
         peer,
         framing: protocol.description.framing.clone(),
@@ -185,21 +207,20 @@ pub async fn serve(listener: Arc<ListenerInfo>, tcp: TcpStream, peer: SocketAddr
         shutdown: listener.shutdown.clone(),
         core: listener.core.clone(),
     };
-    let end = connection.run(&info).await;
-    connection.finish(end).await;
-    protocol.env.connections.remove(id);
-    metrics.connections_active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    Some((connection, info))
 }
 
-/// Set up what carries the bytes: TLS and WebSocket as the listener says.
-/// Returns the stream, the transport, and the user a client certificate
-/// names; `None` (after a log line) when the client failed a handshake.
-async fn transport(
-    listener: &ListenerInfo,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    id: u64,
-) -> Option<(BoxedStream, Transport, Option<String>)> {
+/// What carries a connection's bytes.
+struct Carried {
+    stream: BoxedStream,
+    transport: Transport,
+    /// The user a client certificate names.
+    certificate_user: Option<String>,
+}
+
+/// Set up what carries the bytes: TLS and WebSocket as the listener says;
+/// `None` (after a log line) when the client failed a handshake.
+async fn transport(listener: &ListenerInfo, tcp: TcpStream, peer: SocketAddr, id: u64) -> Option<Carried> {
     let (stream, kind, user): (BoxedStream, _, _) = match &listener.tls {
         None => (Box::new(tcp), Transport::Tcp, None),
         Some(acceptor) => {
@@ -217,7 +238,7 @@ async fn transport(
         }
     };
     if listener.transport == ListenerTransport::Tcp {
-        return Some((stream, kind, user));
+        return Some(Carried { stream, transport: kind, certificate_user: user });
     }
     let max_message = listener.candidates.iter().map(|p| p.env.limits.max_frame_bytes as usize).max();
     let max_message = max_message.unwrap_or(0).max(64 * 1024);
@@ -228,7 +249,7 @@ async fn transport(
     match upgrade {
         Ok((pipe, subprotocol)) => {
             tracing::debug!(listener = %listener.name, %peer, conn = id, ?subprotocol, "WebSocket upgraded");
-            Some((Box::new(pipe), Transport::Websocket, user))
+            Some(Carried { stream: Box::new(pipe), transport: Transport::Websocket, certificate_user: user })
         }
         Err(e) => {
             tracing::info!(listener = %listener.name, %peer, conn = id, "closing: {e}");
@@ -238,6 +259,8 @@ async fn transport(
 }
 
 struct Connection {
+    /// Counts against the protocol's `max_connections` while it lives.
+    _permit: tokio::sync::OwnedSemaphorePermit,
     stream: BoxedStream,
     peer: SocketAddr,
     framing: Framing,
@@ -262,6 +285,11 @@ struct Connection {
     shutdown: CancellationToken,
     core: Arc<BrokerCore>,
 }
+
+// Guest calls are awaited boxed (`Box::pin(self.guest.on_...)`): a call's
+// future is several hundred bytes and would otherwise be part of every
+// connection's task, idle or not, for its whole life. One small allocation
+// per call is the price.
 
 /// What woke the connection up.
 enum Wake {
@@ -316,7 +344,7 @@ impl Connection {
     }
 
     async fn open(&mut self, info: &ConnectionInfo) -> Result<(), End> {
-        let opened = self.guest.on_open(info).await;
+        let opened = Box::pin(self.guest.on_open(info)).await;
         self.after_call(opened).await?;
         if !self.inbuf.is_empty() {
             self.on_input().await?;
@@ -344,7 +372,7 @@ impl Connection {
         }
         if self.timer_at.is_some_and(|at| now >= at) {
             self.timer_at = None;
-            let fired = self.guest.on_timer().await;
+            let fired = Box::pin(self.guest.on_timer()).await;
             self.after_call(fired).await?;
         }
         Ok(())
@@ -367,7 +395,7 @@ impl Connection {
             metrics.frames_in.fetch_add(ends.len() as u64, std::sync::atomic::Ordering::Relaxed);
             // The frames go to the guest straight from the input buffer.
             let total = total as usize;
-            let handled = self.guest.on_frames(&self.inbuf[..total], &ends).await;
+            let handled = Box::pin(self.guest.on_frames(&self.inbuf[..total], &ends)).await;
             self.inbuf.advance(total);
             match handled {
                 Ok(Err(reason)) => {
@@ -411,7 +439,7 @@ impl Connection {
         if self.inbuf.is_empty() || self.inbuf.len() < self.guest_needs {
             return Ok(Vec::new());
         }
-        let scan = match self.guest.frame_lengths(&self.inbuf).await {
+        let scan = match Box::pin(self.guest.frame_lengths(&self.inbuf)).await {
             Ok(scan) => scan,
             Err(fault) => return Err(self.fault(fault)),
         };
@@ -459,7 +487,7 @@ impl Connection {
         // Borrowed from the routed messages: each is copied once, into the guest.
         let views: Vec<_> =
             plans.iter().zip(batch.iter()).map(|(plan, routed)| plan.view(&routed.message)).collect();
-        let delivered = if views.is_empty() { Ok(()) } else { self.guest.on_deliver(&views).await };
+        let delivered = if views.is_empty() { Ok(()) } else { Box::pin(self.guest.on_deliver(&views)).await };
         drop(views);
         batch.clear();
         self.after_call(delivered).await
@@ -543,7 +571,7 @@ impl Connection {
         let env = self.protocol.env.clone();
         let connection = self.mailbox.connection;
         if !self.guest.is_poisoned() {
-            match self.guest.on_close(&end.reason()).await {
+            match Box::pin(self.guest.on_close(&end.reason())).await {
                 Ok(()) => {
                     let out = std::mem::take(&mut self.guest.state_mut().out);
                     let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.stream.write_all(&out)).await;
