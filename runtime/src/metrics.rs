@@ -42,7 +42,7 @@ counters! {
     deliveries_denied: "Deliveries withheld because the subscriber's access rules do not allow the topic.",
     protocol_errors: "Connections the guest closed because a frame broke its protocol (`on-frames` error).",
     guest_calls: "Calls into guest instances.",
-    guest_cpu_nanos: "CPU time in guest calls (with the host functions they call), in nanoseconds; estimated from every 32nd call.",
+    guest_cpu_nanos: "CPU time in guest code (guest calls less the host functions they call), in nanoseconds; estimated from every 32nd call.",
 }
 
 impl ProtocolMetrics {

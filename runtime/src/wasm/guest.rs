@@ -5,8 +5,6 @@
 //! poisons the instance: the connection ends and the store is dropped, which
 //! frees its memory and nothing else.
 
-use std::cell::Cell;
-use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasmtime::component::{ComponentExportIndex, Func, TypedFunc};
@@ -15,6 +13,7 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use crate::metrics::ProtocolMetrics;
 use crate::wasm::bindings::types::{CloseReason, ConnectionInfo, FrameScan, ProbeResult, ProtocolInfo};
 use crate::wasm::bindings::{Protocol as World, ProtocolPre as WorldPre};
+use crate::wasm::cpu;
 use crate::wasm::state::{GuestState, Violation};
 use crate::wasm::views::DeliveryView;
 
@@ -48,49 +47,6 @@ impl Fault {
     }
 }
 
-/// One guest call in this many has its CPU time measured: reading a thread's
-/// CPU clock is a system call (~0.5 µs here), too dear for every call.
-const CPU_SAMPLE_EVERY: u32 = 32;
-
-thread_local! {
-    static CALLS_ON_THREAD: Cell<u32> = const { Cell::new(0) };
-}
-
-/// Run a guest call; for one call in [`CPU_SAMPLE_EVERY`], also return the
-/// CPU time its polls took. Each poll runs on one thread, so summing per-poll
-/// thread CPU time counts the guest and not the waits between polls.
-async fn cpu_sampled<F: Future>(call: F) -> (F::Output, Option<u64>) {
-    let sampled = CALLS_ON_THREAD.with(|calls| {
-        let n = calls.get().wrapping_add(1);
-        calls.set(n);
-        n % CPU_SAMPLE_EVERY == 0
-    });
-    let mut call = pin!(call);
-    if !sampled {
-        return (call.await, None);
-    }
-    let mut spent = 0;
-    let output = std::future::poll_fn(|cx| {
-        let started = thread_cpu_nanos();
-        let poll = call.as_mut().poll(cx);
-        spent += thread_cpu_nanos().saturating_sub(started);
-        poll
-    })
-    .await;
-    (output, Some(spent))
-}
-
-/// CPU time of the calling thread.
-fn thread_cpu_nanos() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `now` is a valid timespec for the call to write.
-    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    if status != 0 {
-        return 0;
-    }
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
-
 /// A live guest instance.
 pub struct Guest {
     store: Store<GuestState>,
@@ -104,9 +60,15 @@ pub struct Guest {
 /// Call one handler export with deadline and fault handling.
 macro_rules! call_export {
     ($self:ident . $method:ident ( $($arg:expr),* )) => {{
-        $self.begin_call()?;
+        let sampled = $self.begin_call()?;
         let handler = $self.world.sandport_protocol_handler();
-        let (result, cpu) = cpu_sampled(handler.$method(&mut $self.store, $($arg),*)).await;
+        let call = handler.$method(&mut $self.store, $($arg),*);
+        let (result, cpu) = if sampled {
+            let (result, spent) = cpu::cpu_of_polls(call).await;
+            (result, Some(spent))
+        } else {
+            (call.await, None)
+        };
         $self.end_call(cpu, result)
     }};
 }
@@ -129,6 +91,10 @@ impl Guest {
             }
             state.ticks_left -= 1;
             Ok(UpdateDeadline::Yield(1))
+        });
+        store.call_hook(|mut store, hook| {
+            store.data_mut().host_clock.on_transition(hook);
+            Ok(())
         });
         store.data_mut().ticks_left = deadline_ticks;
         store.set_epoch_deadline(1);
@@ -168,23 +134,31 @@ impl Guest {
         self.poisoned
     }
 
-    fn begin_call(&mut self) -> Result<(), Fault> {
+    /// Get ready for a call; returns whether its CPU time is measured.
+    fn begin_call(&mut self) -> Result<bool, Fault> {
         if self.poisoned {
             return Err(Fault::Trap("called after an earlier fault".into()));
         }
         let ticks = self.deadline_ticks;
+        let sampled = cpu::next_call_sampled();
         let state = self.store.data_mut();
         state.ticks_left = ticks;
         state.call_input = 0;
+        if sampled {
+            state.host_clock.start();
+        }
         self.store.set_epoch_deadline(1);
-        Ok(())
+        Ok(sampled)
     }
 
+    /// Account for a call (`cpu`: the CPU time of a measured call's polls).
     fn end_call<T>(&mut self, cpu: Option<u64>, result: wasmtime::Result<T>) -> Result<T, Fault> {
+        let host_nanos = self.store.data_mut().host_clock.stop();
         let metrics = &self.store.data().env.metrics;
         ProtocolMetrics::bump(&metrics.guest_calls);
         if let Some(nanos) = cpu {
-            metrics.guest_cpu_nanos.fetch_add(nanos * CPU_SAMPLE_EVERY as u64, Ordering::Relaxed);
+            let guest_nanos = nanos.saturating_sub(host_nanos) * u64::from(cpu::SAMPLE_EVERY);
+            metrics.guest_cpu_nanos.fetch_add(guest_nanos, Ordering::Relaxed);
         }
         result.map_err(|e| {
             self.poisoned = true;
@@ -229,11 +203,17 @@ impl Guest {
 
     /// `on-deliver`, with deliveries borrowed from the routed messages.
     pub async fn on_deliver(&mut self, batch: &[DeliveryView<'_>]) -> Result<(), Fault> {
-        self.begin_call()?;
+        let sampled = self.begin_call()?;
         // SAFETY: the function's type was checked against these parameters
         // when the component was loaded (`check_on_deliver`).
         let func = unsafe { TypedFunc::<(&[DeliveryView<'_>],), ()>::new_unchecked(self.on_deliver) };
-        let (result, cpu) = cpu_sampled(func.call_async(&mut self.store, (batch,))).await;
+        let call = func.call_async(&mut self.store, (batch,));
+        let (result, cpu) = if sampled {
+            let (result, spent) = cpu::cpu_of_polls(call).await;
+            (result, Some(spent))
+        } else {
+            (call.await, None)
+        };
         self.end_call(cpu, result)
     }
 

@@ -3,6 +3,7 @@
 
 pub mod bindings;
 pub mod breaker;
+pub mod cpu;
 pub mod engine;
 pub mod guest;
 pub mod host;
