@@ -59,6 +59,19 @@ fn number(text: &[u8]) -> Option<i64> {
     if digits.is_empty() {
         return None;
     }
+    // Up to 18 digits cannot overflow an i64: no checked arithmetic, which
+    // on wasm32 is a call to a 128-bit multiply for every digit.
+    if digits.len() <= 18 {
+        let mut value: i64 = 0;
+        for &byte in digits {
+            let digit = byte.wrapping_sub(b'0');
+            if digit > 9 {
+                return None;
+            }
+            value = value * 10 + i64::from(digit);
+        }
+        return Some(if negative { -value } else { value });
+    }
     let mut value: i64 = 0;
     for &byte in digits {
         let digit = i64::from(byte.checked_sub(b'0').filter(|d| *d <= 9)?);
@@ -219,10 +232,13 @@ mod tests {
 
     #[test]
     fn numbers_read_like_str_parse() {
-        for text in ["0", "42", "-1", "+7", "9223372036854775807", "-9223372036854775808"] {
+        let long = ["999999999999999999", "-999999999999999999", "1000000000000000000", "-0"];
+        for text in
+            ["0", "42", "-1", "+7", "9223372036854775807", "-9223372036854775808"].into_iter().chain(long)
+        {
             assert_eq!(number(text.as_bytes()), text.parse().ok(), "{text}");
         }
-        for text in ["", "-", "+", "1a", " 1", "9223372036854775808", "--1", "1.0"] {
+        for text in ["", "-", "+", "1a", " 1", "9223372036854775808", "--1", "1.0", "12345678901234567/"] {
             assert_eq!(number(text.as_bytes()), None, "{text}");
         }
     }
