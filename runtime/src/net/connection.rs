@@ -54,7 +54,7 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Bytes a connection first reads at a time. Reads that fill the buffer
 /// double it up to [`READ_CHUNK`], so busy clients get big reads while the
 /// many quiet ones hold small buffers.
-const FIRST_READ: usize = 1024;
+const FIRST_READ: usize = 256;
 
 /// How long the goodbye (on-close output) may take to write.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
