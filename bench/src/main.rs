@@ -9,11 +9,6 @@
 //! cargo run -p sandport-bench -- smoke              # tiny sizes: does it all still work?
 //! ```
 
-/// The broker runs in this binary (`sandport-bench broker`), so it gets the
-/// allocator the `sandport` binary has.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod flow;
 mod forwarder;
 mod mqtt;
