@@ -71,7 +71,7 @@ impl Handler for Echo {
             let reply = match command {
                 "PING" => "PONG".to_string(),
                 "ECHO" => rest.to_string(),
-                "SUB" => match host::subscribe(rest, &wildcard_subscription()) {
+                "SUB" => match host::subscribe(rest, wildcard_subscription()) {
                     Ok(id) => format!("+OK {id}"),
                     Err(e) => format!("-ERR {}", e.message),
                 },
@@ -83,7 +83,7 @@ impl Handler for Echo {
                     Err(_) => "-ERR UNSUB needs a subscription id".to_string(),
                 },
                 "PUB" => match rest.split_once(' ') {
-                    Some((topic, text)) => match host::publish(&message(topic, text)) {
+                    Some((topic, text)) => match host::publish(message(topic, text.as_bytes())) {
                         Ok(outcome) => format!("+OK {}", outcome.receivers),
                         Err(e) => format!("-ERR {}", e.message),
                     },

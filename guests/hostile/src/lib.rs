@@ -33,7 +33,8 @@ use std::cell::Cell;
 use std::hint::black_box;
 
 use sandport_guest::types::{
-    CloseReason, ConnectionInfo, Delivery, FrameScan, Framing, NextFrame, ProbeResult, ProtocolInfo, Will,
+    CloseReason, ConnectionInfo, Delivery, FrameScan, Framing, MessageParam, NextFrame, ProbeResult,
+    ProtocolInfo, Will,
 };
 use sandport_guest::{Handler, frames, host, message, wildcard_subscription};
 
@@ -80,8 +81,8 @@ fn command(line: &str) {
         "echo" => host::send(format!("{rest}\n").as_bytes()),
         "will" => {
             let (topic, text) = rest.split_once(' ').unwrap_or((rest, ""));
-            let will = Will { message: message(topic, text), delay_secs: 0 };
-            match host::set_will(Some(&will)) {
+            let will = Will { message: message(topic, text.as_bytes()), delay_secs: 0 };
+            match host::set_will(Some(will)) {
                 Ok(()) => host::send(b"+OK\n"),
                 Err(e) => host::send(format!("-ERR {}\n", e.message).as_bytes()),
             }
@@ -105,11 +106,14 @@ fn command(line: &str) {
                 host::send(&chunk);
             }
         }
-        "publish-flood" => loop {
-            let _ = host::publish(&message("flood/x", vec![b'x'; 64 * 1024]));
-        },
+        "publish-flood" => {
+            let payload = vec![b'x'; 64 * 1024];
+            loop {
+                let _ = host::publish(message("flood/x", &payload));
+            }
+        }
         "deliver-loop" => {
-            answer("subscribe", host::subscribe(rest, &wildcard_subscription()));
+            answer("subscribe", host::subscribe(rest, wildcard_subscription()));
             LOOP_IN_DELIVER.set(true);
         }
         "timer-loop" => {
@@ -120,19 +124,20 @@ fn command(line: &str) {
             LOOP_IN_CLOSE.set(true);
             host::send(b"+OK\n");
         }
-        "huge-topic" => answer("huge topic", host::publish(&message("t".repeat(100_000), "x"))),
+        "huge-topic" => answer("huge topic", host::publish(message(&"t".repeat(100_000), b"x"))),
         "huge-headers" => {
-            let mut msg = message("ok/headers", "x");
-            msg.headers = (0..5000).map(|i| (format!("h{i}"), "v".to_string())).collect();
-            answer("huge headers", host::publish(&msg));
+            let names: Vec<String> = (0..5000).map(|i| format!("h{i}")).collect();
+            let headers: Vec<(&str, &str)> = names.iter().map(|name| (name.as_str(), "v")).collect();
+            let msg = MessageParam { headers: &headers, ..message("ok/headers", b"x") };
+            answer("huge headers", host::publish(msg));
         }
         "bad-ids" => {
             answer("unsubscribe", host::unsubscribe(987_654));
             answer("ack", host::ack(123_456_789));
         }
         "outside-grants" => {
-            answer("publish", host::publish(&message("forbidden/x", "x")));
-            answer("subscribe", host::subscribe("#", &wildcard_subscription()));
+            answer("publish", host::publish(message("forbidden/x", b"x")));
+            answer("subscribe", host::subscribe("#", wildcard_subscription()));
         }
         _ => host::send(b"unknown\n"),
     }

@@ -9,7 +9,7 @@ use crate::codec::Reader;
 use crate::error::MqttError;
 use crate::packets::{self, LEVEL_5, LEVEL_31, LEVEL_311};
 use crate::properties::{PropertyWriter, id};
-use crate::publish::message_from;
+use crate::publish::{message_from, user_headers};
 use crate::reason::{self, v3};
 use crate::state::{Conn, Phase, SubscriptionMeta};
 
@@ -80,12 +80,8 @@ pub fn on_connect(conn: &mut Conn, flags: u8, body: &[u8], out: &mut Vec<u8>) ->
         return decline(conn, out, v3::IDENTIFIER_REJECTED, reason::CLIENT_ID_NOT_VALID, text);
     }
 
-    let credentials = Credentials {
-        username: connect.username.map(str::to_string),
-        password: connect.password.map(<[u8]>::to_vec),
-        token: None,
-    };
-    if let Err(e) = host::authenticate(&credentials) {
+    let credentials = Credentials { username: connect.username, password: connect.password, token: None };
+    if let Err(e) = host::authenticate(credentials) {
         let (v3_code, v5_code) = match e.code {
             ErrorCode::Unavailable => (v3::SERVER_UNAVAILABLE, reason::SERVER_UNAVAILABLE),
             _ => (v3::NOT_AUTHORIZED, reason::NOT_AUTHORIZED),
@@ -96,14 +92,16 @@ pub fn on_connect(conn: &mut Conn, flags: u8, body: &[u8], out: &mut Vec<u8>) ->
     // The will is checked before the session is attached, so a refusal
     // leaves any stored session alone.
     if let Some(will) = &connect.will {
-        let mut message = message_from(will.topic, will.payload, will.qos, will.retain, &will.properties);
+        let headers = user_headers(&will.properties);
+        let mut message =
+            message_from(will.topic, will.payload, will.qos, will.retain, &will.properties, &headers);
         if message.utf8_payload && std::str::from_utf8(will.payload).is_err() {
             let text = "will payload is not UTF-8";
             return Err(refuse(conn, out, v3::NOT_AUTHORIZED, reason::PAYLOAD_FORMAT_INVALID, text));
         }
         message.retain = will.retain;
         let delay_secs = will.properties.will_delay.unwrap_or(0);
-        if let Err(e) = host::set_will(Some(&Will { message, delay_secs })) {
+        if let Err(e) = host::set_will(Some(Will { message, delay_secs })) {
             let text = format!("will refused: {}", e.message);
             return match e.code {
                 ErrorCode::Invalid if !v5 => Err(MqttError::malformed(text)),

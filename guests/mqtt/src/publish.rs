@@ -9,7 +9,9 @@
 //! PUBREL/PUBCOMP tail remains (kept across reconnects).
 
 use sandport_guest::host;
-use sandport_guest::types::{Delivery, ErrorCode, LogLevel, Message, Qos};
+use std::borrow::Cow;
+
+use sandport_guest::types::{Delivery, ErrorCode, LogLevel, MessageParam, Qos};
 
 use crate::codec::kind;
 use crate::error::MqttError;
@@ -34,21 +36,29 @@ pub fn qos_level(qos: Qos) -> u8 {
     }
 }
 
-/// The host message for a PUBLISH (or a will) with its MQTT 5 properties.
-pub fn message_from(
-    topic: impl Into<String>,
-    payload: &[u8],
+/// User properties as the host takes them (borrowed; no allocation when
+/// there are none, the usual case).
+pub fn user_headers(properties: &Properties) -> Vec<(&str, &str)> {
+    properties.user.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect()
+}
+
+/// The host message for a PUBLISH (or a will) with its MQTT 5 properties,
+/// borrowed from the packet: the host copies what it keeps.
+pub fn message_from<'a>(
+    topic: &'a str,
+    payload: &'a [u8],
     qos: u8,
     retain: bool,
-    properties: &Properties,
-) -> Message {
-    Message {
-        topic: topic.into(),
-        payload: payload.to_vec(),
-        headers: properties.user.clone(),
-        reply_to: properties.response_topic.clone(),
-        correlation: properties.correlation_data.clone(),
-        content_type: properties.content_type.clone(),
+    properties: &'a Properties,
+    headers: &'a [(&'a str, &'a str)],
+) -> MessageParam<'a> {
+    MessageParam {
+        topic,
+        payload,
+        headers,
+        reply_to: properties.response_topic.as_deref(),
+        correlation: properties.correlation_data.as_deref(),
+        content_type: properties.content_type.as_deref(),
         utf8_payload: properties.payload_format == Some(1),
         expiry_secs: properties.message_expiry,
         retain,
@@ -57,12 +67,12 @@ pub fn message_from(
 }
 
 /// Resolve the topic of an inbound PUBLISH through the client's topic aliases.
-fn resolve_topic(conn: &mut Conn, topic: &str, alias: Option<u16>) -> Result<String, MqttError> {
+fn resolve_topic<'a>(conn: &mut Conn, topic: &'a str, alias: Option<u16>) -> Result<Cow<'a, str>, MqttError> {
     let Some(alias) = alias else {
         if topic.is_empty() {
             return Err(MqttError::protocol("PUBLISH without a topic"));
         }
-        return Ok(topic.to_string());
+        return Ok(Cow::Borrowed(topic));
     };
     if alias == 0 || alias > conn.limits.topic_alias_maximum {
         return Err(MqttError::new(
@@ -74,11 +84,11 @@ fn resolve_topic(conn: &mut Conn, topic: &str, alias: Option<u16>) -> Result<Str
         return conn
             .aliases_in
             .get(&alias)
-            .cloned()
+            .map(|topic| Cow::Owned(topic.clone()))
             .ok_or_else(|| MqttError::protocol(format!("topic alias {alias} was never set")));
     }
     conn.aliases_in.insert(alias, topic.to_string());
-    Ok(topic.to_string())
+    Ok(Cow::Borrowed(topic))
 }
 
 pub fn on_publish(conn: &mut Conn, flags: u8, body: &[u8], out: &mut Vec<u8>) -> Result<(), MqttError> {
@@ -101,12 +111,14 @@ pub fn on_publish(conn: &mut Conn, flags: u8, body: &[u8], out: &mut Vec<u8>) ->
         ));
     }
 
-    let message = message_from(topic, publish.payload, publish.qos, publish.retain, &publish.properties);
+    let headers = user_headers(&publish.properties);
+    let message =
+        message_from(&topic, publish.payload, publish.qos, publish.retain, &publish.properties, &headers);
     let code = if message.utf8_payload && std::str::from_utf8(publish.payload).is_err() {
         host::log(LogLevel::Info, "PUBLISH refused: payload format indicator says UTF-8 but it is not");
         reason::PAYLOAD_FORMAT_INVALID
     } else {
-        match host::publish(&message) {
+        match host::publish(message) {
             Ok(outcome) if v5 && outcome.receivers == 0 => reason::NO_MATCHING_SUBSCRIBERS,
             Ok(_) => reason::SUCCESS,
             Err(e) => {
@@ -122,7 +134,7 @@ pub fn on_publish(conn: &mut Conn, flags: u8, body: &[u8], out: &mut Vec<u8>) ->
                     ErrorCode::Unsupported => reason::IMPLEMENTATION_SPECIFIC,
                     ErrorCode::Unavailable => reason::UNSPECIFIED_ERROR,
                 };
-                host::log(LogLevel::Info, &format!("PUBLISH to {} refused: {}", message.topic, e.message));
+                host::log(LogLevel::Info, &format!("PUBLISH to {topic} refused: {}", e.message));
                 // 3.1.1 cannot refuse a PUBLISH: it is acknowledged and dropped.
                 if v5 { code } else { reason::SUCCESS }
             }

@@ -3,7 +3,7 @@
 //! identifiers and retain handling, mapped onto host subscriptions.
 
 use sandport_guest::host;
-use sandport_guest::types::{ErrorCode, FilterKind, RetainedHandling, SubscribeOptions};
+use sandport_guest::types::{ErrorCode, FilterKind, RetainedHandling, SubscribeOptionsParam};
 
 use crate::codec::kind;
 use crate::error::MqttError;
@@ -60,10 +60,10 @@ fn subscribe_one(
         (None, 1) if existing.is_none() => RetainedHandling::Send,
         _ => RetainedHandling::Skip,
     };
-    let options = SubscribeOptions {
+    let options = SubscribeOptionsParam {
         kind: FilterKind::Wildcard,
         max_qos: qos_from(subscription.qos),
-        group: group.map(str::to_string),
+        group,
         no_local: subscription.no_local,
         retained,
     };
@@ -71,7 +71,7 @@ fn subscribe_one(
     if let Some(old) = existing {
         let _ = host::unsubscribe(old.host_id);
     }
-    match host::subscribe(filter, &options) {
+    match host::subscribe(filter, options) {
         Ok(host_id) => {
             let meta = SubscriptionMeta {
                 host_id,

@@ -21,8 +21,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use sandport_guest::types::{
-    CloseReason, ConnectionInfo, Credentials, Delivery, ErrorCode, FilterKind, FrameScan, Framing, NextFrame,
-    ProbeResult, ProtocolInfo, Qos, RetainedHandling, SubscribeOptions,
+    CloseReason, ConnectionInfo, Credentials, Delivery, ErrorCode, FilterKind, FrameScan, Framing,
+    MessageParam, NextFrame, ProbeResult, ProtocolInfo, Qos, RetainedHandling, SubscribeOptionsParam,
 };
 use sandport_guest::{Handler, frames, host, message};
 use serde::Deserialize;
@@ -224,11 +224,11 @@ fn handle(state: &mut State, frame: &[u8], out: &mut Vec<u8>) -> Outcome {
                 Err(_) => return Outcome::Drop("CONNECT is not valid JSON"),
             };
             let credentials = Credentials {
-                username: connect.user.clone(),
-                password: connect.pass.clone().map(String::into_bytes),
-                token: connect.auth_token.clone(),
+                username: connect.user.as_deref(),
+                password: connect.pass.as_deref().map(str::as_bytes),
+                token: connect.auth_token.as_deref(),
             };
-            if host::authenticate(&credentials).is_err() {
+            if host::authenticate(credentials).is_err() {
                 return Outcome::Fatal("Authorization Violation".into());
             }
             if let Some(name) = &connect.name {
@@ -277,15 +277,19 @@ fn publish(
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
     let topic = subject::to_topic(subject, false).map_err(|_| "Invalid Publish Subject".to_string())?;
-    let mut msg = message(topic, payload);
-    if let Some(reply) = reply {
-        msg.reply_to =
-            Some(subject::to_topic(reply, false).map_err(|_| "Invalid Publish Subject".to_string())?);
-    }
-    if let Some(block) = headers {
-        msg.headers = wire::parse_headers(block).ok_or_else(|| "Invalid Header".to_string())?;
-    }
-    match host::publish(&msg) {
+    let reply_topic = match reply {
+        Some(reply) => {
+            Some(subject::to_topic(reply, false).map_err(|_| "Invalid Publish Subject".to_string())?)
+        }
+        None => None,
+    };
+    let header_list = match headers {
+        Some(block) => wire::parse_headers(block).ok_or_else(|| "Invalid Header".to_string())?,
+        None => Vec::new(),
+    };
+    let msg =
+        MessageParam { reply_to: reply_topic.as_deref(), headers: &header_list, ..message(&topic, payload) };
+    match host::publish(msg) {
         Ok(outcome) => {
             if outcome.receivers == 0
                 && state.no_responders
@@ -318,10 +322,10 @@ fn subscribe(state: &mut State, subject: &str, queue: Option<&str>, sid: &str) -
     {
         return Err("Invalid Queue Name".into());
     }
-    let options = SubscribeOptions {
+    let options = SubscribeOptionsParam {
         kind: FilterKind::Wildcard,
         max_qos: Qos::AtMostOnce,
-        group: queue.map(str::to_string),
+        group: queue,
         no_local: !state.echo,
         retained: RetainedHandling::Skip,
     };
@@ -329,7 +333,7 @@ fn subscribe(state: &mut State, subject: &str, queue: Option<&str>, sid: &str) -
         state.by_host_id.remove(&old.host_id);
         let _ = host::unsubscribe(old.host_id);
     }
-    match host::subscribe(&filter, &options) {
+    match host::subscribe(&filter, options) {
         Ok(host_id) => {
             state.by_host_id.insert(host_id, sid.to_string());
             state

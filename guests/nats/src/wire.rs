@@ -171,7 +171,7 @@ fn payload(body: &[u8], size: usize, max_payload: usize) -> Result<&[u8], ParseE
 }
 
 /// Parse a header block (`NATS/1.0\r\nKey: Value\r\n...\r\n`).
-pub fn parse_headers(block: &[u8]) -> Option<Vec<(String, String)>> {
+pub fn parse_headers(block: &[u8]) -> Option<Vec<(&str, &str)>> {
     let text = std::str::from_utf8(block).ok()?;
     let mut lines = text.split("\r\n");
     if !lines.next()?.starts_with("NATS/1.0") {
@@ -180,7 +180,7 @@ pub fn parse_headers(block: &[u8]) -> Option<Vec<(String, String)>> {
     let mut headers = Vec::new();
     for line in lines.filter(|l| !l.is_empty()) {
         let (name, value) = line.split_once(':')?;
-        headers.push((name.trim().to_string(), value.trim().to_string()));
+        headers.push((name.trim(), value.trim()));
     }
     Some(headers)
 }
@@ -284,10 +284,7 @@ mod tests {
     fn headers_round_trip() {
         let block = encode_headers(None, &[("A".into(), "1".into()), ("B".into(), "x y".into())]);
         assert_eq!(block, b"NATS/1.0\r\nA: 1\r\nB: x y\r\n\r\n");
-        assert_eq!(
-            parse_headers(&block).unwrap(),
-            vec![("A".into(), "1".into()), ("B".into(), "x y".into())]
-        );
+        assert_eq!(parse_headers(&block).unwrap(), vec![("A", "1"), ("B", "x y")]);
         assert_eq!(encode_headers(Some("503"), &[]), b"NATS/1.0 503\r\n\r\n");
     }
 }

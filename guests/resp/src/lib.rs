@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use sandport_guest::types::{
     CloseReason, ConnectionInfo, Credentials, Delivery, FilterKind, FrameScan, Framing, KvCondition, KvScope,
-    KvSetOptions, NextFrame, ProbeResult, ProtocolInfo, Qos, RetainedHandling, SubscribeOptions,
+    KvSetOptions, NextFrame, ProbeResult, ProtocolInfo, Qos, RetainedHandling, SubscribeOptionsParam,
 };
 use sandport_guest::{Handler, frames, host, message};
 use wire::Encoder;
@@ -434,8 +434,8 @@ fn command(state: &mut State, args: &[&[u8]], out: &mut Vec<u8>) -> bool {
         ("PUNSUBSCRIBE", _) => unsubscribe(state, Family::Pattern, &args[1..], out),
         ("SUNSUBSCRIBE", _) => unsubscribe(state, Family::Shard, &args[1..], out),
         ("PUBLISH" | "SPUBLISH", 3) => {
-            let msg = message(channel_topic(args[1]), args[2]);
-            match host::publish(&msg) {
+            let topic = channel_topic(args[1]);
+            match host::publish(message(&topic, args[2])) {
                 Ok(outcome) => enc.integer(out, i64::from(outcome.receivers)),
                 Err(e) => enc.error(out, &format!("ERR {}", e.message)),
             }
@@ -502,14 +502,9 @@ fn parse_int(bytes: &[u8]) -> Option<i64> {
 }
 
 fn authenticate(user: Option<&[u8]>, pass: &[u8]) -> bool {
-    let credentials = Credentials {
-        username: Some(
-            user.map_or_else(|| "default".to_string(), |u| String::from_utf8_lossy(u).into_owned()),
-        ),
-        password: Some(pass.to_vec()),
-        token: None,
-    };
-    host::authenticate(&credentials).is_ok()
+    let user = user.map_or(std::borrow::Cow::Borrowed("default"), String::from_utf8_lossy);
+    let credentials = Credentials { username: Some(&user), password: Some(pass), token: None };
+    host::authenticate(credentials).is_ok()
 }
 
 fn hello(state: &mut State, args: &[&[u8]], out: &mut Vec<u8>) {
@@ -681,7 +676,7 @@ fn subscribe(state: &mut State, family: Family, names: &[&[u8]], out: &mut Vec<u
         let key = (family_tag(family), name.to_vec());
         if let std::collections::btree_map::Entry::Vacant(slot) = state.subscriptions.entry(key) {
             let kind = if family == Family::Pattern { FilterKind::Glob } else { FilterKind::Exact };
-            let options = SubscribeOptions {
+            let options = SubscribeOptionsParam {
                 kind,
                 max_qos: Qos::AtMostOnce,
                 group: None,
@@ -693,7 +688,7 @@ fn subscribe(state: &mut State, family: Family, names: &[&[u8]], out: &mut Vec<u
             } else {
                 channel_topic(name)
             };
-            match host::subscribe(&filter, &options) {
+            match host::subscribe(&filter, options) {
                 Ok(id) => {
                     slot.insert(id);
                     state.by_host_id.insert(id, (family, name.to_vec()));

@@ -20,6 +20,7 @@ wit_bindgen::generate!({
     export_macro_name: "export",
     default_bindings_module: "sandport_guest",
     additional_derives: [PartialEq, Eq],
+    ownership: Borrowing { duplicate_if_necessary: true },
 });
 
 /// The trait a protocol implements: the `handler` interface of the world.
@@ -57,13 +58,14 @@ pub fn put_decimal(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[at..]);
 }
 
-/// A message with only the fields most protocols set; fill in the rest with
-/// struct update syntax.
-pub fn message(topic: impl Into<String>, payload: impl Into<Vec<u8>>) -> types::Message {
-    types::Message {
-        topic: topic.into(),
-        payload: payload.into(),
-        headers: Vec::new(),
+/// A message with only the fields most protocols set, borrowing its topic
+/// and payload (the host copies them when it takes the message); fill in the
+/// rest with struct update syntax.
+pub fn message<'a>(topic: &'a str, payload: &'a [u8]) -> types::MessageParam<'a> {
+    types::MessageParam {
+        topic,
+        payload,
+        headers: &[],
         reply_to: None,
         correlation: None,
         content_type: None,
@@ -75,8 +77,8 @@ pub fn message(topic: impl Into<String>, payload: impl Into<Vec<u8>>) -> types::
 }
 
 /// Subscription options for a plain `+`/`#` wildcard subscription at most once.
-pub fn wildcard_subscription() -> types::SubscribeOptions {
-    types::SubscribeOptions {
+pub fn wildcard_subscription() -> types::SubscribeOptionsParam<'static> {
+    types::SubscribeOptionsParam {
         kind: types::FilterKind::Wildcard,
         max_qos: types::Qos::AtMostOnce,
         group: None,
