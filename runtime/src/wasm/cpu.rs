@@ -2,17 +2,15 @@
 //!
 //! One guest call in [`SAMPLE_EVERY`] is measured: the thread CPU time of
 //! each of its polls (so waits and epoch yields between polls do not count),
-//! minus the time it spent in host functions (publish, routing, send), which
-//! a wasmtime call hook clocks on the way out of the guest and back in. What
-//! remains is the guest's own code and the boundary: lowering arguments into
-//! it and lifting what it passes out.
+//! minus the time the poll spent in host functions (publish, routing, send),
+//! which each host function clocks with a [`HostTime`] while a measured poll
+//! runs on its thread. What remains is the guest's own code and the
+//! boundary: lowering arguments into it and lifting what it passes out.
 
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::pin;
 use std::time::Instant;
-
-use wasmtime::CallHook;
 
 /// One guest call in this many is measured: reading a thread's CPU clock is
 /// a system call (~0.5 µs here), too dear for every call.
@@ -20,6 +18,9 @@ pub const SAMPLE_EVERY: u32 = 32;
 
 thread_local! {
     static CALLS_ON_THREAD: Cell<u32> = const { Cell::new(0) };
+    /// Nanoseconds spent in host functions by the measured poll running on
+    /// this thread; `None` when none is.
+    static HOST_NANOS: Cell<Option<u64>> = const { Cell::new(None) };
 }
 
 /// Whether the next guest call on this thread is measured.
@@ -31,15 +32,19 @@ pub fn next_call_sampled() -> bool {
     })
 }
 
-/// Await `call`, summing the thread CPU time of its polls. Each poll runs on
-/// one thread, so this counts the call and not the waits between polls.
+/// Await `call`, summing the thread CPU time of its polls less the time they
+/// spent in host functions. Each poll runs on one thread, so this counts the
+/// call and not the waits between polls.
 pub async fn cpu_of_polls<F: Future>(call: F) -> (F::Output, u64) {
     let mut call = pin!(call);
     let mut spent = 0;
     let output = std::future::poll_fn(|cx| {
+        HOST_NANOS.set(Some(0));
         let started = thread_cpu_nanos();
         let poll = call.as_mut().poll(cx);
-        spent += thread_cpu_nanos().saturating_sub(started);
+        let total = thread_cpu_nanos().saturating_sub(started);
+        let host = HOST_NANOS.take().unwrap_or(0);
+        spent += total.saturating_sub(host);
         poll
     })
     .await;
@@ -57,43 +62,25 @@ fn thread_cpu_nanos() -> u64 {
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
-/// Time a measured call spends in host functions; idle (two comparisons per
-/// host call) when the call is not measured.
-#[derive(Debug, Default)]
-pub struct HostClock {
-    running: bool,
-    entered: Option<Instant>,
-    spent_nanos: u64,
+/// Clocks one host function while a measured poll runs on this thread (a
+/// monotonic clock: a host function runs within one poll on one thread, and
+/// this clock costs no system call). Create it first thing; it counts until
+/// dropped.
+pub struct HostTime(Option<Instant>);
+
+impl HostTime {
+    #[inline]
+    pub fn enter() -> Self {
+        HostTime(HOST_NANOS.get().map(|_| Instant::now()))
+    }
 }
 
-impl HostClock {
-    /// Start timing host functions for the call about to be made.
-    pub fn start(&mut self) {
-        *self = HostClock { running: true, ..HostClock::default() };
-    }
-
-    /// Stop, returning the nanoseconds spent in host functions.
-    pub fn stop(&mut self) -> u64 {
-        let spent = self.spent_nanos;
-        *self = HostClock::default();
-        spent
-    }
-
-    /// The store's call hook: the guest calls a host function, or it returns.
-    /// (A monotonic clock, not the thread's CPU clock: a host function runs
-    /// within one poll on one thread, and this clock costs no system call.)
-    pub fn on_transition(&mut self, hook: CallHook) {
-        if !self.running {
-            return;
-        }
-        match hook {
-            CallHook::CallingHost => self.entered = Some(Instant::now()),
-            CallHook::ReturningFromHost => {
-                if let Some(entered) = self.entered.take() {
-                    self.spent_nanos += entered.elapsed().as_nanos() as u64;
-                }
-            }
-            CallHook::CallingWasm | CallHook::ReturningFromWasm => {}
+impl Drop for HostTime {
+    fn drop(&mut self) {
+        if let Some(entered) = self.0
+            && let Some(spent) = HOST_NANOS.get()
+        {
+            HOST_NANOS.set(Some(spent + entered.elapsed().as_nanos() as u64));
         }
     }
 }
@@ -103,23 +90,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_time_between_calling_and_returning_from_the_host_counts() {
-        let mut clock = HostClock::default();
-        clock.on_transition(CallHook::CallingHost);
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        clock.on_transition(CallHook::ReturningFromHost);
-        assert_eq!(clock.stop(), 0, "not started: nothing is timed");
+    fn host_functions_are_clocked_only_inside_a_measured_poll() {
+        {
+            let _outside = HostTime::enter();
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert_eq!(HOST_NANOS.get(), None, "nothing is clocked outside a measured poll");
 
-        clock.start();
-        clock.on_transition(CallHook::CallingWasm);
-        clock.on_transition(CallHook::CallingHost);
+        HOST_NANOS.set(Some(0));
+        {
+            let _host = HostTime::enter();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         std::thread::sleep(std::time::Duration::from_millis(5));
-        clock.on_transition(CallHook::ReturningFromHost);
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        clock.on_transition(CallHook::ReturningFromWasm);
-        let spent = clock.stop();
-        assert!((5_000_000..50_000_000).contains(&spent), "{spent} ns");
-        assert_eq!(clock.stop(), 0, "stopping resets");
+        let spent = HOST_NANOS.take().unwrap();
+        assert!((5_000_000..1_000_000_000).contains(&spent), "{spent} ns");
+    }
+
+    #[tokio::test]
+    async fn time_in_host_functions_is_not_the_guest_s() {
+        // Spin for this much of the thread's own CPU time.
+        let spin = |ms: u64| {
+            let until = thread_cpu_nanos() + ms * 1_000_000;
+            while thread_cpu_nanos() < until {
+                std::hint::spin_loop();
+            }
+        };
+        let (_, spent) = cpu_of_polls(async {
+            spin(5);
+            let _host = HostTime::enter();
+            spin(30);
+        })
+        .await;
+        // 35 ms of CPU in the poll, at least 30 of them (wall clock) in the host.
+        assert!(spent < 10_000_000, "{spent} ns counted as the guest's");
     }
 
     #[test]

@@ -92,10 +92,6 @@ impl Guest {
             state.ticks_left -= 1;
             Ok(UpdateDeadline::Yield(1))
         });
-        store.call_hook(|mut store, hook| {
-            store.data_mut().host_clock.on_transition(hook);
-            Ok(())
-        });
         store.data_mut().ticks_left = deadline_ticks;
         store.set_epoch_deadline(1);
         let instantiated = async {
@@ -144,21 +140,16 @@ impl Guest {
         let state = self.store.data_mut();
         state.ticks_left = ticks;
         state.call_input = 0;
-        if sampled {
-            state.host_clock.start();
-        }
         self.store.set_epoch_deadline(1);
         Ok(sampled)
     }
 
-    /// Account for a call (`cpu`: the CPU time of a measured call's polls).
+    /// Account for a call (`cpu`: the guest CPU time of a measured call).
     fn end_call<T>(&mut self, cpu: Option<u64>, result: wasmtime::Result<T>) -> Result<T, Fault> {
-        let host_nanos = self.store.data_mut().host_clock.stop();
         let metrics = &self.store.data().env.metrics;
         ProtocolMetrics::bump(&metrics.guest_calls);
         if let Some(nanos) = cpu {
-            let guest_nanos = nanos.saturating_sub(host_nanos) * u64::from(cpu::SAMPLE_EVERY);
-            metrics.guest_cpu_nanos.fetch_add(guest_nanos, Ordering::Relaxed);
+            metrics.guest_cpu_nanos.fetch_add(nanos * u64::from(cpu::SAMPLE_EVERY), Ordering::Relaxed);
         }
         result.map_err(|e| {
             self.poisoned = true;

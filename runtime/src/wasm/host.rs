@@ -24,6 +24,7 @@ use crate::wasm::bindings::types::{
     KvSetOptions, LogLevel, Message, Principal, PublishOutcome, Qos, RetainedHandling, SessionInfo,
     SessionOptions, SubscribeOptions, Will,
 };
+use crate::wasm::cpu::HostTime;
 use crate::wasm::state::{GuestState, OwnedSubscription, Violation};
 
 /// Most subscriptions one connection may hold.
@@ -164,8 +165,12 @@ pub fn session_kv_prefix(client_id: &str) -> String {
 
 impl types::Host for GuestState {}
 
+// Each host function starts a `HostTime`: while a guest call is measured
+// (`wasm/cpu.rs`) it clocks the time spent here, which is not the guest's;
+// otherwise it costs one thread-local read.
 impl host::Host for GuestState {
     fn send(&mut self, bytes: Vec<u8>) -> wasmtime::Result<()> {
+        let _timed = HostTime::enter();
         self.link()?;
         // Deliveries are batched to half this limit, so honest output fits.
         let limit = self.env.limits.outbound_buffer_bytes;
@@ -177,6 +182,7 @@ impl host::Host for GuestState {
     }
 
     fn close(&mut self, reason: String) -> wasmtime::Result<()> {
+        let _timed = HostTime::enter();
         self.link()?;
         self.charge(reason.len())?;
         let mut reason = reason;
@@ -186,6 +192,7 @@ impl host::Host for GuestState {
     }
 
     fn publish(&mut self, message: Message) -> wasmtime::Result<Result<PublishOutcome, HostError>> {
+        let _timed = HostTime::enter();
         let link = self.link()?;
         let (broker, connection) = (link.broker.clone(), link.id());
         self.charge(message_bytes(&message))?;
@@ -211,6 +218,7 @@ impl host::Host for GuestState {
         filter: String,
         options: SubscribeOptions,
     ) -> wasmtime::Result<Result<u32, HostError>> {
+        let _timed = HostTime::enter();
         let link = self.link()?;
         let (broker, mailbox) = (link.broker.clone(), link.mailbox.clone());
         self.charge(filter.len() + options.group.as_ref().map_or(0, String::len))?;
@@ -281,6 +289,7 @@ impl host::Host for GuestState {
     }
 
     fn unsubscribe(&mut self, subscription: u32) -> wasmtime::Result<Result<(), HostError>> {
+        let _timed = HostTime::enter();
         let broker = self.link()?.broker.clone();
         let key = match self.subscriptions.remove(&subscription) {
             Some(owned) => Some(owned.key),
@@ -296,6 +305,7 @@ impl host::Host for GuestState {
     }
 
     fn take_deliveries(&mut self, max: u32) -> wasmtime::Result<Vec<Delivery>> {
+        let _timed = HostTime::enter();
         self.link()?;
         let max = (max as usize).min(MAX_TAKE);
         let taken = match self.inbox.as_mut() {
@@ -307,6 +317,7 @@ impl host::Host for GuestState {
     }
 
     fn ack(&mut self, delivery: u64) -> wasmtime::Result<Result<(), HostError>> {
+        let _timed = HostTime::enter();
         self.link()?;
         let acked = self.unacked.remove(&delivery) || self.session.as_ref().is_some_and(|s| s.ack(delivery));
         if acked {
@@ -317,6 +328,7 @@ impl host::Host for GuestState {
     }
 
     fn authenticate(&mut self, credentials: Credentials) -> wasmtime::Result<Result<Principal, HostError>> {
+        let _timed = HostTime::enter();
         let link = self.link()?;
         let (broker, conn) = (link.broker.clone(), link.auth.clone());
         let size = credentials.username.as_ref().map_or(0, String::len)
@@ -348,6 +360,7 @@ impl host::Host for GuestState {
         client_id: String,
         options: SessionOptions,
     ) -> wasmtime::Result<Result<SessionInfo, HostError>> {
+        let _timed = HostTime::enter();
         let link = self.link()?;
         let (broker, mailbox) = (link.broker.clone(), link.mailbox.clone());
         self.charge(client_id.len())?;
@@ -379,6 +392,7 @@ impl host::Host for GuestState {
     }
 
     fn set_session_expiry(&mut self, expiry_secs: Option<u32>) -> wasmtime::Result<Result<(), HostError>> {
+        let _timed = HostTime::enter();
         self.link()?;
         match &self.session {
             Some(session) => {
@@ -390,6 +404,7 @@ impl host::Host for GuestState {
     }
 
     fn set_will(&mut self, will: Option<Will>) -> wasmtime::Result<Result<(), HostError>> {
+        let _timed = HostTime::enter();
         self.link()?;
         if let Some(will) = &will {
             self.charge(message_bytes(&will.message))?;
@@ -402,12 +417,14 @@ impl host::Host for GuestState {
     }
 
     fn set_idle_timeout(&mut self, ms: u32) -> wasmtime::Result<()> {
+        let _timed = HostTime::enter();
         self.link()?;
         self.timers.idle = Some((ms > 0).then(|| Duration::from_millis(ms.into())));
         Ok(())
     }
 
     fn set_timer(&mut self, ms: u32) -> wasmtime::Result<()> {
+        let _timed = HostTime::enter();
         self.link()?;
         self.timers.timer = Some((ms > 0).then(|| Duration::from_millis(ms.into())));
         Ok(())
@@ -418,6 +435,7 @@ impl host::Host for GuestState {
         scope: KvScope,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, HostError>> {
+        let _timed = HostTime::enter();
         self.link()?;
         self.charge(key.len())?;
         match self.kv_key(scope, &key) {
@@ -433,6 +451,7 @@ impl host::Host for GuestState {
         value: Vec<u8>,
         options: KvSetOptions,
     ) -> wasmtime::Result<Result<bool, HostError>> {
+        let _timed = HostTime::enter();
         self.link()?;
         self.charge(key.len() + value.len())?;
         let key = match self.kv_key(scope, &key) {
@@ -453,6 +472,7 @@ impl host::Host for GuestState {
     }
 
     fn kv_delete(&mut self, scope: KvScope, key: String) -> wasmtime::Result<Result<bool, HostError>> {
+        let _timed = HostTime::enter();
         self.link()?;
         self.charge(key.len())?;
         match self.kv_key(scope, &key) {
@@ -467,6 +487,7 @@ impl host::Host for GuestState {
         key: String,
         delta: i64,
     ) -> wasmtime::Result<Result<i64, HostError>> {
+        let _timed = HostTime::enter();
         self.link()?;
         self.charge(key.len())?;
         match self.kv_key(scope, &key) {
@@ -481,6 +502,7 @@ impl host::Host for GuestState {
         key: String,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<bool, HostError>> {
+        let _timed = HostTime::enter();
         self.link()?;
         self.charge(key.len())?;
         match self.kv_key(scope, &key) {
@@ -494,6 +516,7 @@ impl host::Host for GuestState {
         scope: KvScope,
         key: String,
     ) -> wasmtime::Result<Result<Option<Option<u64>>, HostError>> {
+        let _timed = HostTime::enter();
         self.link()?;
         self.charge(key.len())?;
         match self.kv_key(scope, &key) {
@@ -503,6 +526,7 @@ impl host::Host for GuestState {
     }
 
     fn kv_clear(&mut self, scope: KvScope, prefix: String) -> wasmtime::Result<Result<u64, HostError>> {
+        let _timed = HostTime::enter();
         self.link()?;
         self.charge(prefix.len())?;
         match self.kv_key(scope, &prefix) {
@@ -512,6 +536,7 @@ impl host::Host for GuestState {
     }
 
     fn kv_count(&mut self, scope: KvScope, prefix: String) -> wasmtime::Result<Result<u64, HostError>> {
+        let _timed = HostTime::enter();
         self.link()?;
         self.charge(prefix.len())?;
         match self.kv_key(scope, &prefix) {
@@ -521,6 +546,7 @@ impl host::Host for GuestState {
     }
 
     fn set_connection_name(&mut self, name: Option<String>) -> wasmtime::Result<()> {
+        let _timed = HostTime::enter();
         let id = self.link()?.id();
         self.charge(name.as_ref().map_or(0, String::len))?;
         let name = name.map(|mut n| {
@@ -532,6 +558,7 @@ impl host::Host for GuestState {
     }
 
     fn list_connections(&mut self) -> wasmtime::Result<Vec<ConnectionSummary>> {
+        let _timed = HostTime::enter();
         self.link()?;
         if self.principal.is_none() {
             return Ok(Vec::new());
@@ -544,6 +571,7 @@ impl host::Host for GuestState {
     }
 
     fn close_connection(&mut self, id: u64) -> wasmtime::Result<Result<(), HostError>> {
+        let _timed = HostTime::enter();
         self.link()?;
         if self.principal.is_none() {
             return Ok(Err(unauthenticated()));
@@ -560,6 +588,7 @@ impl host::Host for GuestState {
         kind: FilterKind,
         pattern: Option<String>,
     ) -> wasmtime::Result<Vec<(String, u32)>> {
+        let _timed = HostTime::enter();
         let broker = self.link()?.broker.clone();
         self.charge(pattern.as_ref().map_or(0, String::len))?;
         if self.principal.is_none() {
@@ -569,6 +598,7 @@ impl host::Host for GuestState {
     }
 
     fn log(&mut self, level: LogLevel, text: String) -> wasmtime::Result<()> {
+        let _timed = HostTime::enter();
         let connection = self.link()?.id();
         self.charge(text.len())?;
         let text = &text[..text.floor_char_boundary(MAX_LOG_BYTES)];

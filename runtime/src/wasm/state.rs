@@ -19,7 +19,6 @@ use crate::sessions::Session;
 use crate::sessions::unix_now;
 use crate::store::Ticket;
 use crate::wasm::bindings::types::{Delivery, FilterKind, Qos, Will};
-use crate::wasm::cpu::HostClock;
 use crate::wasm::engine::MAX_TABLE_ELEMENTS;
 use crate::wasm::protocol::ProtocolEnv;
 use crate::wasm::stdio::GuestOutput;
@@ -114,8 +113,6 @@ pub struct GuestState {
     pub call_input: usize,
     /// Epoch ticks left in the current call.
     pub ticks_left: u32,
-    /// Times host functions during a call whose CPU time is measured.
-    pub host_clock: HostClock,
     /// Memory limits.
     pub limiter: GuestLimiter,
     /// Subscriptions owned by this connection (not by a session), by id.
@@ -160,7 +157,6 @@ impl GuestState {
             timers: TimerRequests::default(),
             call_input: 0,
             ticks_left: 0,
-            host_clock: HostClock::default(),
             limiter: GuestLimiter { memory_bytes, refused: false },
             subscriptions: HashMap::new(),
             next_subscription: 1,
