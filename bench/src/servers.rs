@@ -176,9 +176,20 @@ impl Server {
 
     /// Resident memory of the server process, in bytes.
     pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        self.status_bytes("VmRSS:")
+    }
+
+    /// The part of [`rss_bytes`](Self::rss_bytes) that is the process's own
+    /// anonymous memory: without file pages (such as a guest's data image,
+    /// mapped once per instance but one copy in memory) and shared memory.
+    pub fn anon_bytes(&self) -> anyhow::Result<u64> {
+        self.status_bytes("RssAnon:")
+    }
+
+    fn status_bytes(&self, field: &str) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
-        let kib: u64 = line.split_whitespace().nth(1).context("VmRSS value")?.parse()?;
+        let line = status.lines().find(|l| l.starts_with(field)).with_context(|| format!("no {field}"))?;
+        let kib: u64 = line.split_whitespace().nth(1).with_context(|| format!("{field} value"))?.parse()?;
         Ok(kib * 1024)
     }
 
