@@ -227,6 +227,18 @@ impl BrokerProcess {
         self.addrs[name]
     }
 
+    /// The broker process's resident memory, in bytes.
+    pub fn resident_bytes(&self) -> u64 {
+        let pid = self.child.id().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+        let kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.split_whitespace().next()?.parse::<u64>().ok())
+            .expect("VmRSS");
+        kib * 1024
+    }
+
     /// SIGKILL: no shutdown work at all.
     pub async fn kill(mut self) {
         self.child.kill().await.expect("kill");

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use sandport_tests::mqtt::{RawClient, connect, packet, publish, put_string, subscribe};
-use sandport_tests::{LineClient, TestBroker, WAIT, run_tool};
+use sandport_tests::{BrokerProcess, LineClient, TestBroker, WAIT, run_tool, with_guest_paths};
 use tokio::process::{Child, Command};
 
 const CONFIG: &str = r#"
@@ -272,6 +272,46 @@ async fn mosquitto_tools_speak_mqtt5_and_mqtt31() {
 /// More connections at once than calls in flight: each guest keeps the
 /// fiber stack of its last call, so a pool sized for calls in flight (it was
 /// 2048) refused the connections beyond it.
+/// Connections that replace closed ones cost what the first ones did: a
+/// freed guest slot must not keep memory its next guest never touches (it
+/// once kept 64 KiB of zeroed stack bottom each, doubling the cost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_replace_closed_ones_cost_no_more_memory() {
+    const CONNECTIONS: usize = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sandport.toml");
+    let text = format!("[storage]\nengine = \"memory\"\n{CONFIG}");
+    std::fs::write(&config, with_guest_paths(&text)).unwrap();
+    let broker = BrokerProcess::start(&config, &["mqtt", "echo"]).await;
+    let addr = broker.addr("mqtt");
+    // One first, so what exists once per broker is not charged to the rest.
+    let _warm = RawClient::handshake(addr, "warm").await;
+    let open = |round: &'static str| async move {
+        let mut clients = Vec::with_capacity(CONNECTIONS);
+        for i in 0..CONNECTIONS {
+            clients.push(RawClient::handshake(addr, &format!("{round}-{i}")).await);
+        }
+        clients
+    };
+    let before = broker.resident_bytes();
+    let first = open("first").await;
+    let first_cost = broker.resident_bytes().saturating_sub(before);
+    drop(first);
+    // Let the broker see the closes and free the instances.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = open("second").await;
+    let second_cost = broker.resident_bytes().saturating_sub(before);
+    assert!(first_cost > 0);
+    assert!(
+        second_cost < first_cost * 3 / 2,
+        "{CONNECTIONS} connections cost {} KiB each at first, {} KiB each after replacing closed ones",
+        first_cost / 1024 / CONNECTIONS as u64,
+        second_cost / 1024 / CONNECTIONS as u64
+    );
+    drop(second);
+    broker.terminate().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_connections_stay_open_at_once() {
     const CONNECTIONS: usize = 2_100;
