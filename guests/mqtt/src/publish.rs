@@ -8,9 +8,9 @@
 //! acknowledged on PUBACK, or on PUBREC for QoS 2, after which only the
 //! PUBREL/PUBCOMP tail remains (kept across reconnects).
 
-use sandport_guest::host;
 use std::borrow::Cow;
 
+use sandport_guest::host;
 use sandport_guest::types::{Delivery, ErrorCode, LogLevel, MessageParam, Qos};
 
 use crate::codec::kind;

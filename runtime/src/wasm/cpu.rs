@@ -32,10 +32,14 @@ pub fn next_call_sampled() -> bool {
     })
 }
 
-/// Await `call`, summing the thread CPU time of its polls less the time they
-/// spent in host functions. Each poll runs on one thread, so this counts the
-/// call and not the waits between polls.
-pub async fn cpu_of_polls<F: Future>(call: F) -> (F::Output, u64) {
+/// Await a guest call; when it is `measured`, also return its guest CPU
+/// time: the thread CPU time of its polls less the time they spent in host
+/// functions. Each poll runs on one thread, so this counts the call and not
+/// the waits between polls.
+pub async fn guest_time<F: Future>(call: F, measured: bool) -> (F::Output, Option<u64>) {
+    if !measured {
+        return (call.await, None);
+    }
     let mut call = pin!(call);
     let mut spent = 0;
     let output = std::future::poll_fn(|cx| {
@@ -48,7 +52,7 @@ pub async fn cpu_of_polls<F: Future>(call: F) -> (F::Output, u64) {
         poll
     })
     .await;
-    (output, spent)
+    (output, Some(spent))
 }
 
 /// CPU time of the calling thread.
@@ -107,21 +111,26 @@ mod tests {
         assert!((5_000_000..1_000_000_000).contains(&spent), "{spent} ns");
     }
 
+    /// Spin for this much of the thread's own CPU time.
+    fn spin(ms: u64) {
+        let until = thread_cpu_nanos() + ms * 1_000_000;
+        while thread_cpu_nanos() < until {
+            std::hint::spin_loop();
+        }
+    }
+
     #[tokio::test]
     async fn time_in_host_functions_is_not_the_guest_s() {
-        // Spin for this much of the thread's own CPU time.
-        let spin = |ms: u64| {
-            let until = thread_cpu_nanos() + ms * 1_000_000;
-            while thread_cpu_nanos() < until {
-                std::hint::spin_loop();
-            }
-        };
-        let (_, spent) = cpu_of_polls(async {
-            spin(5);
-            let _host = HostTime::enter();
-            spin(30);
-        })
+        let (_, spent) = guest_time(
+            async {
+                spin(5);
+                let _host = HostTime::enter();
+                spin(30);
+            },
+            true,
+        )
         .await;
+        let spent = spent.expect("measured");
         // 35 ms of CPU in the poll, at least 30 of them (wall clock) in the host.
         assert!(spent < 10_000_000, "{spent} ns counted as the guest's");
     }
@@ -134,7 +143,16 @@ mod tests {
 
     #[tokio::test]
     async fn polls_are_timed_and_waits_between_them_are_not() {
-        let (_, spent) = cpu_of_polls(tokio::time::sleep(std::time::Duration::from_millis(50))).await;
-        assert!(spent < 20_000_000, "{spent} ns of CPU for a 50 ms sleep");
+        let work = async {
+            spin(5);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        let (_, spent) = guest_time(work, true).await;
+        let spent = spent.expect("measured");
+        assert!(
+            (5_000_000..20_000_000).contains(&spent),
+            "{spent} ns of CPU for 5 ms of work and a 50 ms sleep"
+        );
+        assert_eq!(guest_time(async {}, false).await.1, None, "an unmeasured call is not timed");
     }
 }

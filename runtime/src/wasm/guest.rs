@@ -63,12 +63,7 @@ macro_rules! call_export {
         let sampled = $self.begin_call()?;
         let handler = $self.world.sandport_protocol_handler();
         let call = handler.$method(&mut $self.store, $($arg),*);
-        let (result, cpu) = if sampled {
-            let (result, spent) = cpu::cpu_of_polls(call).await;
-            (result, Some(spent))
-        } else {
-            (call.await, None)
-        };
+        let (result, cpu) = cpu::guest_time(call, sampled).await;
         $self.end_call(cpu, result)
     }};
 }
@@ -198,13 +193,7 @@ impl Guest {
         // SAFETY: the function's type was checked against these parameters
         // when the component was loaded (`check_on_deliver`).
         let func = unsafe { TypedFunc::<(&[DeliveryView<'_>],), ()>::new_unchecked(self.on_deliver) };
-        let call = func.call_async(&mut self.store, (batch,));
-        let (result, cpu) = if sampled {
-            let (result, spent) = cpu::cpu_of_polls(call).await;
-            (result, Some(spent))
-        } else {
-            (call.await, None)
-        };
+        let (result, cpu) = cpu::guest_time(func.call_async(&mut self.store, (batch,)), sampled).await;
         self.end_call(cpu, result)
     }
 
