@@ -21,7 +21,7 @@ pub enum Framing {
     LengthPrefix { offset: usize, width: usize, big_endian: bool, adjust: i64 },
     /// Base-128 varint length: total = offset + field bytes + value.
     Varint { offset: usize, max_bytes: usize },
-    /// The guest's `frame-lengths` splits frames.
+    /// The guest finds frames itself (`on-stream`).
     Guest,
 }
 

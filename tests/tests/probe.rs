@@ -88,6 +88,13 @@ async fn guest_framing_timers_and_key_value() {
     client.send(b"it\nECHO two\n").await;
     assert_eq!(client.read_line().await.unwrap(), "split");
     assert_eq!(client.read_line().await.unwrap(), "two");
+    // Many lines in one write, far more bytes than max_frame_bytes (64):
+    // the guest gets them in windows of the limit, and answers every one.
+    let burst: String = (0..40).map(|i| format!("ECHO line {i:02}\n")).collect();
+    client.send(burst.as_bytes()).await;
+    for i in 0..40 {
+        assert_eq!(client.read_line().await.unwrap(), format!("line {i:02}"));
+    }
 
     assert_eq!(client.ask("TIMER 50").await, "+OK");
     assert_eq!(client.read_line().await.unwrap(), "TICK");

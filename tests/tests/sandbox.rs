@@ -51,6 +51,8 @@ const CONFIG: &str = r#"
     component = "{echo}"
     [protocols.greedy]
     component = "{greedy}"
+    [protocols.greedy.limits]
+    call_deadline_ms = 50
 "#;
 
 /// Everyone else still works: another connection of the hostile protocol
@@ -80,13 +82,26 @@ async fn misbehaves(command: &str, counter: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn infinite_loop_in_on_frames_hits_the_deadline() {
+async fn infinite_loop_in_on_stream_hits_the_deadline() {
+    // Before finding any frame, and while handling one.
+    misbehaves("frame-loop", "faults_deadline").await;
     misbehaves("loop", "faults_deadline").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn infinite_loop_in_frame_lengths_hits_the_deadline() {
-    misbehaves("frame-loop", "faults_deadline").await;
+async fn infinite_loop_in_on_frames_hits_the_deadline() {
+    // The greedy guest's frames are split by the host; it spins on `loop`.
+    let broker = TestBroker::start(CONFIG).await;
+    let mut bystander = LineClient::connect(broker.addr("greedy-shared")).await;
+    assert_eq!(bystander.ask("hello").await, "mine");
+    let mut attacker = LineClient::connect(broker.addr("greedy-shared")).await;
+    attacker.send_line("loop").await;
+    attacker.expect_closed().await;
+    broker.wait_counter("greedy", "faults_deadline", 1).await;
+    assert_eq!(bystander.ask("still").await, "mine");
+    let mut echo = LineClient::connect(broker.addr("echo")).await;
+    assert_eq!(echo.ask("PING").await, "PONG");
+    broker.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +140,7 @@ async fn publish_flood_is_stopped_by_the_per_call_budget() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lying_frame_lengths_are_violations_or_framing_errors() {
+async fn lying_stream_scans_are_violations_or_framing_errors() {
     misbehaves("frame-zero", "faults_violation").await;
     misbehaves("frame-long", "faults_violation").await;
     misbehaves("frame-huge", "framing_errors").await;
@@ -369,7 +384,7 @@ async fn every_misbehaviour_leaves_a_clear_log_line() {
         ("oom", &["guest stopped", "memory"]),
         ("flood", &["guest stopped", "outbound buffer"]),
         ("publish-flood", &["guest stopped", "passed more than"]),
-        ("frame-zero", &["guest stopped", "frame-lengths returned a frame of 0 bytes"]),
+        ("frame-zero", &["guest stopped", "on-stream handled", "in 0 frames"]),
     ];
     for (command, needles) in expectations {
         let mut attacker = LineClient::connect(broker.addr("hostile")).await;

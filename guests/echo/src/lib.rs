@@ -21,7 +21,7 @@
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
 use sandport_guest::types::{
-    CloseReason, ConnectionInfo, Delivery, FrameScan, Framing, NextFrame, ProbeResult, ProtocolInfo,
+    CloseReason, ConnectionInfo, Delivery, Framing, ProbeResult, ProtocolInfo, StreamScan,
 };
 use sandport_guest::{Handler, frames, host, message, wildcard_subscription};
 
@@ -55,9 +55,8 @@ impl Handler for Echo {
         }
     }
 
-    fn frame_lengths(_buffer: Vec<u8>) -> FrameScan {
-        // Delimiter framing is done by the host; this is never called.
-        FrameScan { complete: Vec::new(), next: NextFrame::Unknown }
+    fn on_stream(_data: Vec<u8>) -> Result<StreamScan, String> {
+        sandport_guest::framed_by_host()
     }
 
     fn on_open(_info: ConnectionInfo) {}

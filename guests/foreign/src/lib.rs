@@ -9,7 +9,7 @@
 
 use sandport_guest::Handler;
 use sandport_guest::types::{
-    CloseReason, ConnectionInfo, Delivery, FrameScan, Framing, NextFrame, ProbeResult, ProtocolInfo,
+    CloseReason, ConnectionInfo, Delivery, Framing, ProbeResult, ProtocolInfo, StreamScan,
 };
 
 struct Foreign;
@@ -29,8 +29,8 @@ impl Handler for Foreign {
         ProbeResult::NoMatch
     }
 
-    fn frame_lengths(_buffer: Vec<u8>) -> FrameScan {
-        FrameScan { complete: Vec::new(), next: NextFrame::Unknown }
+    fn on_stream(_data: Vec<u8>) -> Result<StreamScan, String> {
+        sandport_guest::framed_by_host()
     }
 
     fn on_open(_info: ConnectionInfo) {

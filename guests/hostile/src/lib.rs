@@ -7,7 +7,7 @@
 //! ```text
 //! echo <text>            -> <text>          a well-behaved baseline
 //! will <topic> <text>    -> +OK             sets a will, to see it published after a fault
-//! loop                   spins in on-frames (stopped at the call deadline)
+//! loop                   spins in on-stream (stopped at the call deadline)
 //! panic | unreachable    traps
 //! oom                    allocates until memory is refused
 //! recurse                recurses until the stack overflows
@@ -20,10 +20,10 @@
 //!                        calls the host with bad arguments; answers -ERR lines
 //! ```
 //!
-//! Framing is the guest's own (lines), so `frame-lengths` can misbehave too:
-//! a buffer starting `frame-loop` spins, `frame-zero` reports an empty frame,
-//! `frame-long` a frame longer than the buffer, `frame-huge` a frame larger
-//! than any limit. `probe` spins on a prefix starting `loop-probe`, and
+//! Framing is the guest's own (lines, in `on-stream`), so its answers can
+//! lie too: input starting `frame-loop` spins, `frame-zero` reports bytes
+//! handled in no frame, `frame-long` more bytes than it was given,
+//! `frame-huge` a next frame larger than any limit. `probe` spins on a prefix starting `loop-probe`, and
 //! `on-open` spins on a listener named `loop-open`.
 
 // Natively (tests, fuzzing) nothing is exported, so the handler looks unused.
@@ -33,10 +33,10 @@ use std::cell::Cell;
 use std::hint::black_box;
 
 use sandport_guest::types::{
-    CloseReason, ConnectionInfo, Delivery, FrameScan, Framing, MessageParam, NextFrame, ProbeResult,
-    ProtocolInfo, Will,
+    CloseReason, ConnectionInfo, Delivery, Framing, MessageParam, NextFrame, ProbeResult, ProtocolInfo,
+    StreamScan, Will,
 };
-use sandport_guest::{Handler, frames, host, message, wildcard_subscription};
+use sandport_guest::{Handler, host, message, wildcard_subscription};
 
 struct Hostile;
 
@@ -161,26 +161,24 @@ impl Handler for Hostile {
         ProbeResult::NoMatch
     }
 
-    fn frame_lengths(buffer: Vec<u8>) -> FrameScan {
-        let lie = |complete: Vec<u32>, next| FrameScan { complete, next };
-        if buffer.starts_with(b"frame-loop") {
+    fn on_stream(data: Vec<u8>) -> Result<StreamScan, String> {
+        let scan = |handled: usize, frames, next| Ok(StreamScan { handled: handled as u32, frames, next });
+        if data.starts_with(b"frame-loop") {
             spin();
-        } else if buffer.starts_with(b"frame-zero") {
-            return lie(vec![0], NextFrame::Unknown);
-        } else if buffer.starts_with(b"frame-long") {
-            return lie(vec![buffer.len() as u32 + 10], NextFrame::Unknown);
-        } else if buffer.starts_with(b"frame-huge") {
-            return lie(Vec::new(), NextFrame::Needs(u32::MAX));
+        } else if data.starts_with(b"frame-zero") {
+            return scan(data.len(), 0, NextFrame::Unknown);
+        } else if data.starts_with(b"frame-long") {
+            return scan(data.len() + 10, 1, NextFrame::Unknown);
+        } else if data.starts_with(b"frame-huge") {
+            return scan(0, 0, NextFrame::Needs(u32::MAX));
         }
-        let mut complete = Vec::new();
-        let mut start = 0;
-        for (at, byte) in buffer.iter().enumerate() {
-            if *byte == b'\n' {
-                complete.push((at + 1 - start) as u32);
-                start = at + 1;
-            }
+        let (mut handled, mut frames) = (0, 0);
+        for line in data.split_inclusive(|b| *b == b'\n').take_while(|line| line.ends_with(b"\n")) {
+            command(String::from_utf8_lossy(line).trim_end());
+            handled += line.len();
+            frames += 1;
         }
-        FrameScan { complete, next: NextFrame::Unknown }
+        scan(handled, frames, NextFrame::Unknown)
     }
 
     fn on_open(info: ConnectionInfo) {
@@ -189,11 +187,8 @@ impl Handler for Hostile {
         }
     }
 
-    fn on_frames(data: Vec<u8>, ends: Vec<u32>) -> Result<(), String> {
-        for frame in frames(&data, &ends) {
-            command(String::from_utf8_lossy(frame).trim_end());
-        }
-        Ok(())
+    fn on_frames(_data: Vec<u8>, _ends: Vec<u32>) -> Result<(), String> {
+        sandport_guest::framed_by_guest()
     }
 
     fn on_deliver(_batch: Vec<Delivery>) {

@@ -39,8 +39,7 @@ use std::cell::RefCell;
 use codec::{kind, split};
 use error::MqttError;
 use sandport_guest::types::{
-    CloseReason, ConnectionInfo, Delivery, FrameScan, Framing, NextFrame, ProbeResult, ProtocolInfo,
-    VarintLength,
+    CloseReason, ConnectionInfo, Delivery, Framing, ProbeResult, ProtocolInfo, StreamScan, VarintLength,
 };
 use sandport_guest::{Handler, frames, host};
 use state::{Conn, Limits, Phase};
@@ -66,8 +65,8 @@ impl Handler for Mqtt {
         probe(&prefix)
     }
 
-    fn frame_lengths(_buffer: Vec<u8>) -> FrameScan {
-        FrameScan { complete: Vec::new(), next: NextFrame::Unknown }
+    fn on_stream(_data: Vec<u8>) -> Result<StreamScan, String> {
+        sandport_guest::framed_by_host()
     }
 
     fn on_open(info: ConnectionInfo) {

@@ -9,16 +9,16 @@ const MAX_PAYLOAD: usize = 4096;
 
 /// Scan `data` into frames, parse each, and map any subject both ways.
 pub fn stream(data: &[u8]) {
-    let (complete, needs) = wire::scan(data, MAX_PAYLOAD);
+    let mut frames = wire::Frames::new(data, MAX_PAYLOAD);
     let mut at = 0usize;
-    for len in complete {
-        let len = len as usize;
-        assert!(len > 0, "empty frame");
-        assert!(at + len <= data.len(), "frame beyond the buffer");
-        let _ = wire::parse(&data[at..at + len], MAX_PAYLOAD);
-        at += len;
+    for frame in frames.by_ref() {
+        assert!(!frame.is_empty(), "empty frame");
+        at += frame.len();
+        assert!(at <= data.len(), "frame beyond the buffer");
+        let _ = wire::parse(frame, MAX_PAYLOAD);
     }
-    if let Some(needs) = needs {
+    assert_eq!(frames.handled(), at, "handled bytes are the frames'");
+    if let Some(needs) = frames.needs() {
         assert!(needs as usize > data.len() - at, "asks for bytes it already has");
     }
     let _ = wire::parse_headers(data);

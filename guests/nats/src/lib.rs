@@ -21,10 +21,10 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use sandport_guest::types::{
-    CloseReason, ConnectionInfo, Credentials, Delivery, ErrorCode, FilterKind, FrameScan, Framing,
-    MessageParam, NextFrame, ProbeResult, ProtocolInfo, Qos, RetainedHandling, SubscribeOptionsParam,
+    CloseReason, ConnectionInfo, Credentials, Delivery, ErrorCode, FilterKind, Framing, MessageParam,
+    NextFrame, ProbeResult, ProtocolInfo, Qos, RetainedHandling, StreamScan, SubscribeOptionsParam,
 };
-use sandport_guest::{Handler, frames, host, message};
+use sandport_guest::{Handler, host, message};
 use serde::Deserialize;
 use wire::{Op, ParseError};
 
@@ -123,10 +123,31 @@ impl Handler for Nats {
         }
     }
 
-    fn frame_lengths(buffer: Vec<u8>) -> FrameScan {
-        let max_payload = STATE.with_borrow(|s| s.max_payload);
-        let (complete, needs) = wire::scan(&buffer, max_payload);
-        FrameScan { complete, next: needs.map_or(NextFrame::Unknown, NextFrame::Needs) }
+    fn on_stream(data: Vec<u8>) -> Result<StreamScan, String> {
+        let mut out = Vec::new();
+        let scan = STATE.with_borrow_mut(|state| {
+            let mut frames = wire::Frames::new(&data, state.max_payload);
+            let mut count = 0;
+            for frame in frames.by_ref() {
+                count += 1;
+                match handle(state, frame, &mut out) {
+                    Outcome::Continue => {}
+                    Outcome::Fatal(text) => {
+                        out.extend_from_slice(format!("-ERR '{text}'\r\n").as_bytes());
+                        host::close(&text);
+                        break;
+                    }
+                    Outcome::Drop(why) => {
+                        host::close(why);
+                        break;
+                    }
+                }
+            }
+            let next = frames.needs().map_or(NextFrame::Unknown, NextFrame::Needs);
+            StreamScan { handled: frames.handled() as u32, frames: count, next }
+        });
+        host::send(&out);
+        Ok(scan)
     }
 
     fn on_open(info: ConnectionInfo) {
@@ -157,26 +178,8 @@ impl Handler for Nats {
         host::set_timer(PING_INTERVAL_MS);
     }
 
-    fn on_frames(data: Vec<u8>, ends: Vec<u32>) -> Result<(), String> {
-        let mut out = Vec::new();
-        STATE.with_borrow_mut(|state| {
-            for frame in frames(&data, &ends) {
-                match handle(state, frame, &mut out) {
-                    Outcome::Continue => {}
-                    Outcome::Fatal(text) => {
-                        out.extend_from_slice(format!("-ERR '{text}'\r\n").as_bytes());
-                        host::close(&text);
-                        return;
-                    }
-                    Outcome::Drop(why) => {
-                        host::close(why);
-                        return;
-                    }
-                }
-            }
-        });
-        host::send(&out);
-        Ok(())
+    fn on_frames(_data: Vec<u8>, _ends: Vec<u32>) -> Result<(), String> {
+        sandport_guest::framed_by_guest()
     }
 
     fn on_deliver(batch: Vec<Delivery>) {

@@ -10,36 +10,57 @@ use sandport_guest::put_decimal;
 /// Longest control line nats-server accepts (`MAX_CONTROL_LINE_SIZE`).
 pub const MAX_CONTROL_LINE: usize = 4096;
 
-/// Where the frames end in `buffer`: control lines, and for `PUB`/`HPUB`
-/// the line plus its payload. A line whose payload size cannot be read, or
-/// is larger than `max_payload`, is a frame on its own so `on-frames` can
-/// answer it with the right error. Returns the complete frame lengths and,
-/// if the next frame's size is known, how many bytes it needs.
-pub fn scan(buffer: &[u8], max_payload: usize) -> (Vec<u32>, Option<u32>) {
-    let mut frames = Vec::new();
-    let mut at = 0;
-    while at < buffer.len() {
-        let rest = &buffer[at..];
+/// The complete frames at the start of a buffer, one at a time: control
+/// lines, and for `PUB`/`HPUB` the line plus its payload. A line whose
+/// payload size cannot be read, or is larger than `max_payload`, is a frame
+/// on its own so the handler can answer it with the right error; so is a
+/// line longer than [`MAX_CONTROL_LINE`] (its first bytes), which the
+/// parser refuses.
+pub struct Frames<'a> {
+    buffer: &'a [u8],
+    max_payload: usize,
+    handled: usize,
+    needs: Option<u32>,
+}
+
+impl<'a> Frames<'a> {
+    pub fn new(buffer: &'a [u8], max_payload: usize) -> Self {
+        Self { buffer, max_payload, handled: 0, needs: None }
+    }
+
+    /// Bytes of the frames returned so far.
+    pub fn handled(&self) -> usize {
+        self.handled
+    }
+
+    /// Once no frame is left: the next frame's total size, when its line
+    /// is complete and announces a payload.
+    pub fn needs(&self) -> Option<u32> {
+        self.needs
+    }
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let rest = &self.buffer[self.handled..];
         let window = &rest[..rest.len().min(MAX_CONTROL_LINE + 2)];
-        let Some(newline) = window.iter().position(|b| *b == b'\n') else {
-            if rest.len() > MAX_CONTROL_LINE {
-                // Hand the over-long line to on-frames, which refuses it.
-                frames.push((MAX_CONTROL_LINE + 1) as u32);
-            }
-            return (frames, None);
-        };
-        let line_len = newline + 1;
-        let total = match payload_size(&rest[..line_len]) {
-            Some(size) if size <= max_payload => line_len + size + 2,
-            _ => line_len,
+        let total = match window.iter().position(|b| *b == b'\n') {
+            Some(newline) => match payload_size(&rest[..newline + 1]) {
+                Some(size) if size <= self.max_payload => newline + 1 + size + 2,
+                _ => newline + 1,
+            },
+            None if rest.len() > MAX_CONTROL_LINE => MAX_CONTROL_LINE + 1,
+            None => return None,
         };
         if total > rest.len() {
-            return (frames, Some(total as u32));
+            self.needs = Some(total as u32);
+            return None;
         }
-        frames.push(total as u32);
-        at += total;
+        self.handled += total;
+        Some(&rest[..total])
     }
-    (frames, None)
 }
 
 /// The payload size announced by a `PUB` or `HPUB` line (the last argument).
@@ -85,7 +106,7 @@ impl ParseError {
     }
 }
 
-/// Parse one frame found by [`scan`].
+/// Parse one frame found by [`Frames`].
 pub fn parse(frame: &[u8], max_payload: usize) -> Result<Op<'_>, ParseError> {
     let newline = frame.iter().position(|b| *b == b'\n').ok_or(ParseError::ControlLineTooLong)?;
     if newline > MAX_CONTROL_LINE {
@@ -248,8 +269,15 @@ mod tests {
         assert_eq!(out, b"MSG a.b 7 _INBOX.1 5\r\nhello\r\nHMSG c 1 12 12\r\nNATS/1.0\r\n\r\n\r\n0");
     }
 
+    /// Frame lengths, and what the next needs.
+    fn scan(buffer: &[u8], max_payload: usize) -> (Vec<usize>, Option<u32>) {
+        let mut frames = Frames::new(buffer, max_payload);
+        let lengths = frames.by_ref().map(<[u8]>::len).collect();
+        (lengths, frames.needs())
+    }
+
     #[test]
-    fn scan_finds_lines_and_payloads() {
+    fn frames_are_lines_and_payloads() {
         let buffer = b"PING\r\nPUB a 5\r\nhello\r\nSUB a 1\r\nPUB b 10\r\nhal";
         let (frames, next) = scan(buffer, 1024);
         assert_eq!(frames, vec![6, 16, 9]);
@@ -257,7 +285,11 @@ mod tests {
         let (frames, next) = scan(b"PUB a 99999\r\n", 1024);
         assert_eq!((frames, next), (vec![13], None), "oversized payload: the line alone");
         let (frames, _) = scan(&[b'x'; MAX_CONTROL_LINE + 10], 1024);
-        assert_eq!(frames, vec![MAX_CONTROL_LINE as u32 + 1]);
+        assert_eq!(
+            frames[0],
+            MAX_CONTROL_LINE + 1,
+            "an over-long line: its first bytes, which the parser refuses"
+        );
     }
 
     #[test]

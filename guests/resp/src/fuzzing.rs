@@ -9,16 +9,18 @@ const MAX_BULK: usize = 4096;
 
 /// Scan `data` into commands and split each into arguments.
 pub fn stream(data: &[u8]) {
-    let Ok((complete, needs)) = wire::scan(data, MAX_BULK) else { return };
+    let mut frames = wire::Frames::new(data, MAX_BULK);
+    let mut args = Vec::new();
     let mut at = 0usize;
-    for len in complete {
-        let len = len as usize;
-        assert!(len > 0, "empty frame");
-        assert!(at + len <= data.len(), "frame beyond the buffer");
-        let _ = wire::arguments(&data[at..at + len]);
-        at += len;
+    while frames.next_command(&mut args) {
+        let frame = &data[at..frames.handled()];
+        assert!(!frame.is_empty(), "empty frame");
+        let inside = |arg: &&[u8]| frame.as_ptr_range().contains(&arg.as_ptr()) || arg.is_empty();
+        assert!(args.iter().all(inside), "arguments lie within their command");
+        at = frames.handled();
     }
-    if let Some(needs) = needs {
+    assert!(at <= data.len(), "commands beyond the buffer");
+    if let Some(needs) = frames.needs() {
         assert!(needs as usize > data.len() - at, "asks for bytes it already has");
     }
 }

@@ -16,14 +16,16 @@
 pub mod fuzzing;
 mod wire;
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use sandport_guest::types::{
-    CloseReason, ConnectionInfo, Credentials, Delivery, FilterKind, FrameScan, Framing, KvCondition, KvScope,
-    KvSetOptions, NextFrame, ProbeResult, ProtocolInfo, Qos, RetainedHandling, SubscribeOptionsParam,
+    CloseReason, ConnectionInfo, Credentials, Delivery, FilterKind, Framing, KvCondition, KvScope,
+    KvSetOptions, NextFrame, ProbeResult, ProtocolInfo, Qos, RetainedHandling, StreamScan,
+    SubscribeOptionsParam,
 };
-use sandport_guest::{Handler, frames, host, message};
+use sandport_guest::{Handler, host, message};
 use wire::Encoder;
 
 /// The Redis version reported to clients.
@@ -93,15 +95,15 @@ fn family_tag(family: Family) -> u8 {
     family as u8
 }
 
-/// Canonical topic of a channel.
-fn channel_topic(channel: &[u8]) -> String {
-    // Most channels need no escape: one allocation, no scans after the check.
-    if let Ok(text) = std::str::from_utf8(channel)
-        && !text.contains(['%', '+', '#'])
+/// Canonical topic of a channel: borrowed from the command when it needs no
+/// escape (most channels), so publishing copies nothing in the guest.
+fn channel_topic(channel: &[u8]) -> Cow<'_, str> {
+    if !channel.iter().any(|b| matches!(b, b'%' | b'+' | b'#'))
+        && let Ok(text) = std::str::from_utf8(channel)
     {
-        return text.to_string();
+        return Cow::Borrowed(text);
     }
-    String::from_utf8_lossy(channel).replace('%', "%25").replace('+', "%2B").replace('#', "%23")
+    Cow::Owned(String::from_utf8_lossy(channel).replace('%', "%25").replace('+', "%2B").replace('#', "%23"))
 }
 
 /// Channel name of a canonical topic.
@@ -144,19 +146,6 @@ impl Handler for Resp {
         }
     }
 
-    fn frame_lengths(buffer: Vec<u8>) -> FrameScan {
-        let max_bulk = STATE.with_borrow(|s| s.max_bulk);
-        match wire::scan(&buffer, max_bulk) {
-            Ok((complete, needs)) => {
-                FrameScan { complete, next: needs.map_or(NextFrame::Unknown, NextFrame::Needs) }
-            }
-            Err(text) => {
-                host::send(format!("-ERR {text}\r\n").as_bytes());
-                FrameScan { complete: Vec::new(), next: NextFrame::Invalid(text) }
-            }
-        }
-    }
-
     fn on_open(info: ConnectionInfo) {
         STATE.with_borrow_mut(|s| {
             s.id = info.id;
@@ -165,24 +154,36 @@ impl Handler for Resp {
         });
     }
 
-    fn on_frames(data: Vec<u8>, ends: Vec<u32>) -> Result<(), String> {
+    fn on_stream(data: Vec<u8>) -> Result<StreamScan, String> {
         // Replies are usually shorter than their commands; a big command
         // (SET of a large value) must not double the guest's memory.
         let mut out = Vec::with_capacity(data.len().min(16 * 1024));
         let mut args = Vec::new();
-        STATE.with_borrow_mut(|state| {
-            for frame in frames(&data, &ends) {
-                wire::arguments_into(frame, &mut args);
-                if args.is_empty() {
-                    continue;
-                }
-                if !command(state, &args, &mut out) {
+        let scan = STATE.with_borrow_mut(|state| {
+            let mut frames = wire::Frames::new(&data, state.max_bulk);
+            let mut count = 0;
+            while frames.next_command(&mut args) {
+                count += 1;
+                if !args.is_empty() && !command(state, &args, &mut out) {
                     break;
                 }
             }
+            let next = match frames.error() {
+                Some(text) => {
+                    // Redis answers the commands before the bad one, then explains.
+                    out.extend_from_slice(format!("-ERR {text}\r\n").as_bytes());
+                    NextFrame::Invalid(text.to_string())
+                }
+                None => frames.needs().map_or(NextFrame::Unknown, NextFrame::Needs),
+            };
+            StreamScan { handled: frames.handled() as u32, frames: count, next }
         });
         host::send(&out);
-        Ok(())
+        Ok(scan)
+    }
+
+    fn on_frames(_data: Vec<u8>, _ends: Vec<u32>) -> Result<(), String> {
+        sandport_guest::framed_by_guest()
     }
 
     fn on_deliver(batch: Vec<Delivery>) {
@@ -686,7 +687,7 @@ fn subscribe(state: &mut State, family: Family, names: &[&[u8]], out: &mut Vec<u
             let filter = if family == Family::Pattern {
                 String::from_utf8_lossy(name).into_owned()
             } else {
-                channel_topic(name)
+                channel_topic(name).into_owned()
             };
             match host::subscribe(&filter, options) {
                 Ok(id) => {
@@ -774,7 +775,7 @@ fn pubsub(state: &State, args: &[&[u8]], out: &mut Vec<u8>) {
             enc.map(out, args.len() - 2);
             for channel in &args[2..] {
                 enc.bulk(out, channel);
-                enc.integer(out, i64::from(*counts.get(&channel_topic(channel)).unwrap_or(&0)));
+                enc.integer(out, i64::from(*counts.get(channel_topic(channel).as_ref()).unwrap_or(&0)));
             }
         }
         "NUMPAT" => {

@@ -15,20 +15,61 @@ pub const MAX_ARGS: usize = 1024 * 1024;
 /// A framing error, with the text Redis sends before closing.
 pub type FrameError = String;
 
-/// Where the complete commands in `buffer` end; and what the next needs.
-pub fn scan(buffer: &[u8], max_bulk: usize) -> Result<(Vec<u32>, Option<u32>), FrameError> {
-    let mut frames = Vec::new();
-    let mut at = 0;
-    while at < buffer.len() {
-        match command_length(&buffer[at..], max_bulk)? {
-            Length::Complete(n) => {
-                frames.push(n as u32);
-                at += n;
+/// The complete commands at the start of a buffer, one at a time, each
+/// split into its arguments in the same pass that finds where it ends. When
+/// none is left, [`Frames::needs`] tells what the next one needs, or
+/// [`Frames::error`] why the stream cannot go on.
+pub struct Frames<'a> {
+    buffer: &'a [u8],
+    max_bulk: usize,
+    handled: usize,
+    needs: Option<u32>,
+    error: Option<FrameError>,
+}
+
+impl<'a> Frames<'a> {
+    pub fn new(buffer: &'a [u8], max_bulk: usize) -> Self {
+        Self { buffer, max_bulk, handled: 0, needs: None, error: None }
+    }
+
+    /// The next complete command's arguments, into `args` (cleared first,
+    /// so one vector serves a batch); false once none is left.
+    pub fn next_command(&mut self, args: &mut Vec<&'a [u8]>) -> bool {
+        args.clear();
+        let rest = &self.buffer[self.handled..];
+        if rest.is_empty() || self.error.is_some() {
+            return false;
+        }
+        match command(rest, self.max_bulk, args) {
+            Ok(Length::Complete(n)) => {
+                self.handled += n;
+                true
             }
-            Length::Needs(n) => return Ok((frames, n.map(|n| n as u32))),
+            Ok(Length::Needs(n)) => {
+                self.needs = n.map(|n| n as u32);
+                false
+            }
+            Err(error) => {
+                self.error = Some(error);
+                false
+            }
         }
     }
-    Ok((frames, None))
+
+    /// Bytes of the commands returned so far.
+    pub fn handled(&self) -> usize {
+        self.handled
+    }
+
+    /// Once no command is left: the next one's size so far, if known.
+    pub fn needs(&self) -> Option<u32> {
+        self.needs
+    }
+
+    /// Once no command is left: the framing error that stopped them.
+    pub fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
 }
 
 enum Length {
@@ -81,11 +122,17 @@ fn number(text: &[u8]) -> Option<i64> {
     Some(value)
 }
 
-fn command_length(buffer: &[u8], max_bulk: usize) -> Result<Length, FrameError> {
+/// Where the command at the start of `buffer` ends, pushing its arguments
+/// onto `args` on the way.
+fn command<'a>(buffer: &'a [u8], max_bulk: usize, args: &mut Vec<&'a [u8]>) -> Result<Length, FrameError> {
     if buffer[0] != b'*' {
         // Inline command: one line (a bare `\n` ends it too, as in Redis).
         return match buffer.iter().take(MAX_INLINE + 1).position(|b| *b == b'\n') {
-            Some(end) => Ok(Length::Complete(end + 1)),
+            Some(end) => {
+                let text = buffer[..end].strip_suffix(b"\r").unwrap_or(&buffer[..end]);
+                args.extend(text.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()));
+                Ok(Length::Complete(end + 1))
+            }
             None if buffer.len() > MAX_INLINE => Err("Protocol error: too big inline request".into()),
             None => Ok(Length::Needs(None)),
         };
@@ -111,35 +158,10 @@ fn command_length(buffer: &[u8], max_bulk: usize) -> Result<Length, FrameError> 
         if &buffer[data + len..end] != b"\r\n" {
             return Err("Protocol error: invalid bulk length".into());
         }
+        args.push(&buffer[data..data + len]);
         at = end;
     }
     Ok(Length::Complete(at))
-}
-
-/// Split a complete frame into its arguments.
-pub fn arguments(frame: &[u8]) -> Vec<&[u8]> {
-    let mut args = Vec::new();
-    arguments_into(frame, &mut args);
-    args
-}
-
-/// [`arguments`] into `args` (cleared first), so one vector serves a batch.
-pub fn arguments_into<'a>(frame: &'a [u8], args: &mut Vec<&'a [u8]>) {
-    args.clear();
-    if frame.first() != Some(&b'*') {
-        let text = frame.strip_suffix(b"\n").unwrap_or(frame);
-        let text = text.strip_suffix(b"\r").unwrap_or(text);
-        args.extend(text.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()));
-        return;
-    }
-    let mut at = frame.iter().position(|b| *b == b'\n').map_or(frame.len(), |i| i + 1);
-    while at < frame.len() {
-        let header_end = at + frame[at..].iter().position(|b| *b == b'\n').unwrap_or(0);
-        let len = number(&frame[at + 1..header_end - 1]).unwrap_or(0).max(0) as usize;
-        let data = header_end + 1;
-        args.push(&frame[data..data + len]);
-        at = data + len + 2;
-    }
 }
 
 /// Reply encoder for one connection's protocol version.
@@ -219,6 +241,23 @@ fn header(out: &mut Vec<u8>, kind: u8, n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Command lengths and what the next needs, or the framing error.
+    fn scan(buffer: &[u8], max_bulk: usize) -> Result<(Vec<usize>, Option<u32>), FrameError> {
+        let mut frames = Frames::new(buffer, max_bulk);
+        let (mut lengths, mut args) = (Vec::new(), Vec::new());
+        while frames.next_command(&mut args) {
+            lengths.push(frames.handled() - lengths.iter().sum::<usize>());
+        }
+        frames.error().map_or(Ok((lengths, frames.needs())), |text| Err(text.to_string()))
+    }
+
+    /// The arguments of the first command in `buffer`.
+    fn arguments(buffer: &[u8]) -> Vec<&[u8]> {
+        let mut args = Vec::new();
+        assert!(Frames::new(buffer, 1 << 20).next_command(&mut args), "a whole command");
+        args
+    }
 
     #[test]
     fn scan_multibulk_and_inline() {

@@ -42,6 +42,18 @@ pub fn frames<'a>(data: &'a [u8], ends: &'a [u32]) -> impl Iterator<Item = &'a [
     })
 }
 
+/// `on-stream` for a protocol that declares a host framing: the host never
+/// calls it, and if it did, the connection would close with this reason.
+pub fn framed_by_host() -> Result<types::StreamScan, String> {
+    Err("on-stream called, but this protocol's frames are split by the host".into())
+}
+
+/// `on-frames` for a protocol that frames its input itself (`on-stream`):
+/// the host never calls it, and if it did, the connection would close.
+pub fn framed_by_guest() -> Result<(), String> {
+    Err("on-frames called, but this protocol finds its frames itself".into())
+}
+
 /// Append `n` in decimal: for the length fields of text protocols, written
 /// on every message, where `format!` would cost an allocation each time.
 pub fn put_decimal(out: &mut Vec<u8>, mut n: u64) {

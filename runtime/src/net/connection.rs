@@ -378,37 +378,91 @@ impl Connection {
         Ok(())
     }
 
-    /// Split buffered input into frames and hand them to the guest.
+    /// Hand buffered input to the guest: frames the host finds go to
+    /// `on-frames`, a guest that frames itself gets the bytes in `on-stream`.
     async fn on_input(&mut self) -> Result<(), End> {
+        match self.framing {
+            Framing::Guest => self.guest_stream().await?,
+            _ => self.host_frames().await?,
+        }
+        // A partial frame starts the clock against trickling clients.
+        self.partial_since =
+            if self.inbuf.is_empty() { None } else { self.partial_since.or(Some(Instant::now())) };
+        Ok(())
+    }
+
+    /// Split buffered input into batches of frames for `on-frames`.
+    async fn host_frames(&mut self) -> Result<(), End> {
         loop {
-            let ends = match self.framing {
-                Framing::Guest => self.guest_frames().await?,
-                _ => self.native_frames()?,
-            };
-            let Some(&total) = ends.last() else {
-                // A partial frame starts the clock against trickling clients.
-                self.partial_since =
-                    if self.inbuf.is_empty() { None } else { self.partial_since.or(Some(Instant::now())) };
-                return Ok(());
-            };
+            let ends = self.native_frames()?;
+            let Some(&total) = ends.last() else { return Ok(()) };
             let metrics = &self.protocol.env.metrics;
             metrics.frames_in.fetch_add(ends.len() as u64, std::sync::atomic::Ordering::Relaxed);
             // The frames go to the guest straight from the input buffer.
             let total = total as usize;
             let handled = Box::pin(self.guest.on_frames(&self.inbuf[..total], &ends)).await;
             self.inbuf.advance(total);
-            match handled {
-                Ok(Err(reason)) => {
-                    // What the guest sent (an explanation, say) still goes out first.
-                    self.after_call(Ok(())).await?;
-                    let env = &self.protocol.env;
-                    ProtocolMetrics::bump(&env.metrics.protocol_errors);
-                    tracing::info!(protocol = %env.name, peer = %self.peer, conn = self.mailbox.connection, "closing on protocol error: {reason}");
-                    return Err(End::ProtocolError);
-                }
-                Ok(Ok(())) => self.after_call(Ok(())).await?,
-                Err(fault) => self.after_call(Err(fault)).await?,
+            self.after_handling(handled).await?;
+        }
+    }
+
+    /// Pass buffered input to a guest that frames it, in windows of at most
+    /// `max_frame` bytes (so no frame it finds is over the limit), until it
+    /// needs more bytes than are buffered.
+    async fn guest_stream(&mut self) -> Result<(), End> {
+        while !self.inbuf.is_empty() && self.inbuf.len() >= self.guest_needs {
+            let window = self.inbuf.len().min(self.max_frame);
+            let scan = match Box::pin(self.guest.on_stream(&self.inbuf[..window])).await {
+                Ok(Ok(scan)) => scan,
+                Ok(Err(reason)) => return self.after_handling(Ok(Err(reason))).await,
+                Err(fault) => return self.after_handling(Err(fault)).await,
+            };
+            let (handled, frames) = (scan.handled as usize, scan.frames as usize);
+            if handled > window || frames > handled || (frames == 0) != (handled == 0) {
+                let fault = Fault::Violation(format!(
+                    "on-stream handled {handled} bytes in {frames} frames, of {window} bytes given"
+                ));
+                return self.after_handling(Err(fault)).await;
             }
+            self.inbuf.advance(handled);
+            let metrics = &self.protocol.env.metrics;
+            metrics.frames_in.fetch_add(frames as u64, std::sync::atomic::Ordering::Relaxed);
+            // What the guest saw of the next frame; bytes beyond the window
+            // it has not seen, so they may complete it already.
+            let seen = window - handled;
+            let needs = match scan.next {
+                NextFrame::Invalid(reason) => Err(FramingError::Rejected(reason)),
+                NextFrame::Needs(n) if n as usize > self.max_frame => {
+                    Err(FramingError::TooLarge { size: n.into(), max: self.max_frame })
+                }
+                // A claim of needing what it was given would ask again at once.
+                NextFrame::Needs(n) => Ok((n as usize).max(seen + 1)),
+                NextFrame::Unknown if seen >= self.max_frame => {
+                    Err(FramingError::TooLarge { size: seen as u64, max: self.max_frame })
+                }
+                NextFrame::Unknown => Ok(seen + 1),
+            };
+            // Replies to the frames handled go out before any framing error.
+            self.after_handling(Ok(Ok(()))).await?;
+            self.guest_needs = needs.map_err(|error| self.framing_error(error))?;
+        }
+        Ok(())
+    }
+
+    /// Finish a call that handled client input: write what the guest sent,
+    /// then close if it refused the input or faulted.
+    async fn after_handling(&mut self, handled: Result<Result<(), String>, Fault>) -> Result<(), End> {
+        match handled {
+            Ok(Ok(())) => self.after_call(Ok(())).await,
+            Ok(Err(reason)) => {
+                // What the guest sent (an explanation, say) still goes out first.
+                self.after_call(Ok(())).await?;
+                let env = &self.protocol.env;
+                ProtocolMetrics::bump(&env.metrics.protocol_errors);
+                tracing::info!(protocol = %env.name, peer = %self.peer, conn = self.mailbox.connection, "closing on protocol error: {reason}");
+                Err(End::ProtocolError)
+            }
+            Err(fault) => self.after_call(Err(fault)).await,
         }
     }
 
@@ -431,49 +485,6 @@ impl Connection {
                 Err(e) => return Err(self.framing_error(e)),
             }
         }
-        Ok(ends)
-    }
-
-    /// Ask the guest where its frames end, and check what it says.
-    async fn guest_frames(&mut self) -> Result<Vec<u32>, End> {
-        if self.inbuf.is_empty() || self.inbuf.len() < self.guest_needs {
-            return Ok(Vec::new());
-        }
-        let scan = match Box::pin(self.guest.frame_lengths(&self.inbuf)).await {
-            Ok(scan) => scan,
-            Err(fault) => return Err(self.fault(fault)),
-        };
-        let mut ends = Vec::with_capacity(scan.complete.len());
-        let mut at = 0usize;
-        for len in scan.complete {
-            let len = len as usize;
-            let left = self.inbuf.len() - at;
-            if len == 0 || len > left || len > self.max_frame {
-                return Err(self.fault(Fault::Violation(format!(
-                    "frame-lengths returned a frame of {len} bytes with {left} buffered (limit {})",
-                    self.max_frame
-                ))));
-            }
-            at += len;
-            // Within the buffer, and the host never buffers 4 GiB.
-            ends.push(u32::try_from(at).unwrap_or(u32::MAX));
-        }
-        let buffered = self.inbuf.len() - at;
-        self.guest_needs = match scan.next {
-            NextFrame::Invalid(reason) => return Err(self.framing_error(FramingError::Rejected(reason))),
-            NextFrame::Needs(n) if n as usize > self.max_frame => {
-                let error = FramingError::TooLarge { size: n.into(), max: self.max_frame };
-                return Err(self.framing_error(error));
-            }
-            // A claim of needing what is already here would ask again at once.
-            NextFrame::Needs(n) => (n as usize).max(buffered + 1),
-            NextFrame::Unknown if buffered >= self.max_frame => {
-                let error = FramingError::TooLarge { size: buffered as u64, max: self.max_frame };
-                return Err(self.framing_error(error));
-            }
-            NextFrame::Unknown => buffered + 1,
-        };
-        // The guest saw the whole buffer, so the remainder waits for more bytes.
         Ok(ends)
     }
 

@@ -11,7 +11,7 @@ use wasmtime::component::{ComponentExportIndex, Func, TypedFunc};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use crate::metrics::ProtocolMetrics;
-use crate::wasm::bindings::types::{CloseReason, ConnectionInfo, FrameScan, ProbeResult, ProtocolInfo};
+use crate::wasm::bindings::types::{CloseReason, ConnectionInfo, ProbeResult, ProtocolInfo, StreamScan};
 use crate::wasm::bindings::{Protocol as World, ProtocolPre as WorldPre};
 use crate::wasm::cpu;
 use crate::wasm::state::{GuestState, Violation};
@@ -162,9 +162,10 @@ impl Guest {
         call_export!(self.call_probe(prefix))
     }
 
-    /// `frame-lengths`.
-    pub async fn frame_lengths(&mut self, buffer: &[u8]) -> Result<FrameScan, Fault> {
-        call_export!(self.call_frame_lengths(buffer))
+    /// `on-stream`: the guest finds and handles the frames at the start of
+    /// `data`; the inner error is the guest's reason to close.
+    pub async fn on_stream(&mut self, data: &[u8]) -> Result<Result<StreamScan, String>, Fault> {
+        call_export!(self.call_on_stream(data))
     }
 
     /// `on-open`.
