@@ -27,7 +27,7 @@ use crate::net::framing::{Framing, FramingError};
 use crate::net::probe;
 use crate::net::stream::BoxedStream;
 use crate::net::{tls, websocket};
-use crate::sessions::{WillDeferral, unix_now};
+use crate::sessions::WillDeferral;
 use crate::store::StoredMessage;
 use crate::wasm::bindings::types::{CloseReason, ConnectionInfo, NextFrame, Transport, Will};
 use crate::wasm::guest::{Fault, Guest};
@@ -640,7 +640,7 @@ fn publish_will(
     let Will { message, delay_secs } = will;
     tracing::debug!(protocol, conn = connection, topic = %message.topic, delay_secs, "will due");
     let publish = move |core: &BrokerCore| {
-        let stored = Arc::new(StoredMessage { message, published_at: unix_now() });
+        let stored = Arc::new(StoredMessage::new(message));
         if stored.message.retain {
             core.store.submit(vec![core.retained.update(&stored)]);
         }

@@ -201,7 +201,7 @@ impl host::Host for GuestState {
         }
         ProtocolMetrics::bump(&self.env.metrics.publishes);
         let durable = message.retain || message.qos != Qos::AtMostOnce;
-        let stored = Arc::new(StoredMessage { message, published_at: unix_now() });
+        let stored = Arc::new(StoredMessage::new(message));
         if stored.message.retain {
             broker.store.submit(vec![broker.retained.update(&stored)]);
         }

@@ -200,7 +200,8 @@ impl GuestState {
     /// is left rather than the one published. `batch` keeps the allowed
     /// messages, in order, one per plan.
     pub fn plan_deliveries(&mut self, batch: &mut Vec<Routed>) -> Vec<DeliveryPlan> {
-        let now = unix_now();
+        // Read the clock only if a message in the batch can expire.
+        let mut now = None;
         let env = self.env.clone();
         let broker = self.link.as_ref().map(|link| link.broker.clone());
         let identity = self.principal.clone();
@@ -238,12 +239,10 @@ impl GuestState {
                     }
                     None => None,
                 };
-                let waited = now.saturating_sub(routed.message.published_at);
-                let expiry_secs = routed
-                    .message
-                    .message
-                    .expiry_secs
-                    .map(|secs| secs.saturating_sub(u32::try_from(waited).unwrap_or(u32::MAX)).max(1));
+                let expiry_secs = routed.message.message.expiry_secs.map(|secs| {
+                    let waited = now.get_or_insert_with(unix_now).saturating_sub(routed.message.published_at);
+                    secs.saturating_sub(u32::try_from(waited).unwrap_or(u32::MAX)).max(1)
+                });
                 DeliveryPlan {
                     subscription: routed.subscription,
                     id,
