@@ -4,26 +4,49 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-/// Requests per second by test name (`PING_INLINE`, `PING_MBULK`, `PUBLISH`).
-pub async fn run(addr: SocketAddr, requests: u64) -> anyhow::Result<BTreeMap<String, f64>> {
+/// One redis-benchmark test.
+pub struct TestRun {
+    /// `ping_inline`, `ping_mbulk` or `publish`.
+    pub name: &'static str,
+    pub requests_per_sec: f64,
+    /// CPU time the server spent during the test (from `server_cpu`).
+    pub server_cpu: Duration,
+}
+
+/// Run the three tests one after the other; `server_cpu` reads the
+/// server's CPU time so far.
+pub async fn run(
+    addr: SocketAddr,
+    requests: u64,
+    server_cpu: impl Fn() -> anyhow::Result<Duration>,
+) -> anyhow::Result<Vec<TestRun>> {
     let port = addr.port().to_string();
     let requests = requests.to_string();
     let base = ["-h", "127.0.0.1", "-p", &port, "-n", &requests, "-c", "50", "-P", "16", "--csv"];
-    let mut results = BTreeMap::new();
-    let mut ping = base.to_vec();
-    ping.extend(["-t", "ping"]);
-    results.extend(benchmark(&ping).await?);
     // Debian's redis-benchmark 7.0 has no PUBLISH test: run it as a command.
     let payload = "x".repeat(64);
-    let mut publish = base.to_vec();
-    publish.extend(["PUBLISH", "bench", &payload]);
-    for (test, rps) in benchmark(&publish).await? {
-        results.insert(if test.starts_with("PUBLISH") { "PUBLISH".into() } else { test }, rps);
+    let tests: [(&str, &[&str]); 3] = [
+        ("ping_inline", &["-t", "ping_inline"]),
+        ("ping_mbulk", &["-t", "ping_mbulk"]),
+        ("publish", &["PUBLISH", "bench", &payload]),
+    ];
+    let mut runs = Vec::new();
+    for (name, test) in tests {
+        let args: Vec<&str> = base.iter().chain(test).copied().collect();
+        let cpu = server_cpu()?;
+        let results = benchmark(&args).await?;
+        let server_cpu = server_cpu()?.saturating_sub(cpu);
+        let requests_per_sec = match results.into_values().collect::<Vec<_>>()[..] {
+            [rps] => rps,
+            _ => bail!("redis-benchmark {test:?} printed more than one result"),
+        };
+        runs.push(TestRun { name, requests_per_sec, server_cpu });
     }
-    Ok(results)
+    Ok(runs)
 }
 
 async fn benchmark(args: &[&str]) -> anyhow::Result<BTreeMap<String, f64>> {

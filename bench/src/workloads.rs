@@ -248,9 +248,14 @@ impl Bench {
                     Workload::MqttQos1 => (1, scale.qos1_messages, 1),
                     _ => (scale.fanout_subscribers, scale.fanout_messages, 0),
                 };
+                let cpu = server.cpu_time()?;
                 let run =
                     mqtt_load::pubsub(addr, subscribers, messages, qos, scale.window, scale.limit).await?;
-                vec![Figure::higher("throughput", run.deliveries_per_sec(), "msg/s")]
+                let cpu = server.cpu_time()?.saturating_sub(cpu);
+                vec![
+                    Figure::higher("throughput", run.deliveries_per_sec(), "msg/s"),
+                    Figure::cpu_per("cpu-per-delivery", cpu, run.deliveries),
+                ]
             }
             Workload::MqttLatency => {
                 let peak = match self.peaks.get(&server.kind) {
@@ -305,14 +310,23 @@ impl Bench {
                 ]
             }
             Workload::Nats => {
+                let cpu = server.cpu_time()?;
                 let run = nats_load::pubsub(addr, scale.nats_messages, scale.window, scale.limit).await?;
-                vec![Figure::higher("throughput", run.deliveries_per_sec(), "msg/s")]
+                let cpu = server.cpu_time()?.saturating_sub(cpu);
+                vec![
+                    Figure::higher("throughput", run.deliveries_per_sec(), "msg/s"),
+                    Figure::cpu_per("cpu-per-delivery", cpu, run.deliveries),
+                ]
             }
-            Workload::Redis => redis_load::run(addr, scale.redis_requests)
-                .await?
-                .into_iter()
-                .map(|(test, rps)| Figure::higher(&test.to_ascii_lowercase(), rps, "req/s"))
-                .collect(),
+            Workload::Redis => {
+                let mut figures = Vec::new();
+                for test in redis_load::run(addr, scale.redis_requests, || server.cpu_time()).await? {
+                    figures.push(Figure::higher(test.name, test.requests_per_sec, "req/s"));
+                    let metric = format!("{}-cpu-per-request", test.name);
+                    figures.push(Figure::cpu_per(&metric, test.server_cpu, scale.redis_requests));
+                }
+                figures
+            }
         })
     }
 }
@@ -332,5 +346,11 @@ impl Figure {
 
     fn lower(metric: &str, value: f64, unit: &'static str) -> Figure {
         Figure { metric: metric.into(), value, unit, better: Better::Lower }
+    }
+
+    /// The server's CPU time per message: what throughput costs it,
+    /// whatever share of the two cores the clients left it.
+    fn cpu_per(metric: &str, cpu: Duration, messages: u64) -> Figure {
+        Figure::lower(metric, cpu.as_secs_f64() * 1e6 / messages.max(1) as f64, "µs")
     }
 }
