@@ -18,8 +18,8 @@ mod subject;
 mod wire;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
 use sandport_guest::types::{
     CloseReason, ConnectionInfo, Credentials, Delivery, ErrorCode, FilterKind, Framing, MessageParam,
     NextFrame, ProbeResult, ProtocolInfo, Qos, RetainedHandling, StreamScan, SubscribeOptionsParam,
@@ -67,6 +67,9 @@ impl Default for Connect {
 struct Sub {
     /// The subject as subscribed (NATS syntax).
     subject: String,
+    /// Whether it has wildcards: only then can the host's match be wider
+    /// than NATS's (`a.>` does not match `a`, the canonical `a/#` does).
+    wildcard: bool,
     host_id: u32,
     /// Deliveries left before an automatic unsubscribe.
     remaining: Option<u64>,
@@ -79,8 +82,13 @@ struct State {
     echo: bool,
     headers: bool,
     no_responders: bool,
-    subs: HashMap<String, Sub>,
-    by_host_id: HashMap<u32, String>,
+    // Looked up for every delivery. Fx rather than SipHash: the keys are
+    // this connection's own sids, so collisions could only slow down the
+    // client that chose them.
+    subs: FxHashMap<String, Sub>,
+    by_host_id: FxHashMap<u32, String>,
+    /// Reused for the subject of each delivery.
+    subject: String,
     pings_out: u32,
 }
 
@@ -320,6 +328,7 @@ fn no_responders(state: &State, reply: &str, out: &mut Vec<u8>) {
 
 fn subscribe(state: &mut State, subject: &str, queue: Option<&str>, sid: &str) -> Result<(), String> {
     let filter = subject::to_topic(subject, true).map_err(|_| "Invalid Subject".to_string())?;
+    let wildcard = filter.contains(['+', '#']);
     if let Some(queue) = queue
         && queue.contains(['.', '*', '>'])
     {
@@ -339,9 +348,10 @@ fn subscribe(state: &mut State, subject: &str, queue: Option<&str>, sid: &str) -
     match host::subscribe(&filter, options) {
         Ok(host_id) => {
             state.by_host_id.insert(host_id, sid.to_string());
-            state
-                .subs
-                .insert(sid.to_string(), Sub { subject: subject.to_string(), host_id, remaining: None });
+            state.subs.insert(
+                sid.to_string(),
+                Sub { subject: subject.to_string(), wildcard, host_id, remaining: None },
+            );
             Ok(())
         }
         Err(e) if e.code == ErrorCode::NotAuthorized => {
@@ -388,15 +398,17 @@ fn deliver(state: &mut State, delivery: Delivery, out: &mut Vec<u8>) {
     let Some(sid) = state.by_host_id.get(&delivery.subscription) else { return };
     let Some(sub) = state.subs.get_mut(sid) else { return };
     let message = delivery.message;
-    let subject = subject::from_topic(&message.topic);
+    let subject = &mut state.subject;
+    subject.clear();
+    subject::from_topic_into(subject, &message.topic);
     // `a.>` needs a token after `a`; the canonical `a/#` also matches `a`.
-    if !subject::matches(&sub.subject, &subject) {
+    if sub.wildcard && !subject::matches(&sub.subject, subject) {
         return;
     }
     let reply = message.reply_to.as_deref().map(subject::from_topic);
     let headers =
         (state.headers && !message.headers.is_empty()).then(|| wire::encode_headers(None, &message.headers));
-    wire::put_message(out, &subject, sid, reply.as_deref(), headers.as_deref(), &message.payload);
+    wire::put_message(out, subject, sid, reply.as_deref(), headers.as_deref(), &message.payload);
     if let Some(remaining) = &mut sub.remaining {
         *remaining -= 1;
         if *remaining == 0 {

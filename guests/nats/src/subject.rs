@@ -94,13 +94,19 @@ fn plain_topic(subject: &str) -> Option<String> {
 /// The NATS subject of a canonical topic.
 pub fn from_topic(topic: &str) -> String {
     let mut subject = String::with_capacity(topic.len());
+    from_topic_into(&mut subject, topic);
+    subject
+}
+
+/// [`from_topic`], appended to `subject`: for every delivery, into a
+/// reused buffer.
+pub fn from_topic_into(subject: &mut String, topic: &str) {
     for (i, level) in topic.split('/').enumerate() {
         if i > 0 {
             subject.push('.');
         }
-        unescape_into(&mut subject, level);
+        unescape_into(subject, level);
     }
-    subject
 }
 
 /// Does subscription `subject` (NATS syntax) match the concrete `subject`?

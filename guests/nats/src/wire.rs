@@ -64,14 +64,63 @@ impl<'a> Iterator for Frames<'a> {
 }
 
 /// The payload size announced by a `PUB` or `HPUB` line (the last argument).
+/// Byte by byte: it runs for every frame, before [`parse`] reads the line.
 fn payload_size(line: &[u8]) -> Option<usize> {
-    let text = std::str::from_utf8(line).ok()?;
-    let mut words = text.split_ascii_whitespace();
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut words = line.split(|b| is_separator(*b)).filter(|w| !w.is_empty());
     let op = words.next()?;
-    if !op.eq_ignore_ascii_case("PUB") && !op.eq_ignore_ascii_case("HPUB") {
+    if !op.eq_ignore_ascii_case(b"PUB") && !op.eq_ignore_ascii_case(b"HPUB") {
         return None;
     }
-    words.last()?.parse().ok()
+    decimal(words.next_back()?)
+}
+
+/// Control-line arguments are separated by spaces and tabs.
+fn is_separator(byte: u8) -> bool {
+    byte == b' ' || byte == b'\t'
+}
+
+/// A size or count as nats-server reads it: decimal digits only.
+fn decimal(text: &[u8]) -> Option<usize> {
+    if text.is_empty() || text.len() > 18 {
+        return None;
+    }
+    let mut value: u64 = 0;
+    for &byte in text {
+        let digit = byte.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        value = value * 10 + u64::from(digit);
+    }
+    usize::try_from(value).ok()
+}
+
+/// The words of `args`, split at spaces and tabs, and how many there are;
+/// `None` if more than `N`. The separators are ASCII, so every word is a
+/// valid `str` slice of the line.
+fn words<const N: usize>(args: &str) -> Option<([&str; N], usize)> {
+    let mut slots = [""; N];
+    let mut count = 0;
+    let bytes = args.as_bytes();
+    let mut start = None;
+    for i in 0..=bytes.len() {
+        let separator = bytes.get(i).is_none_or(|b| is_separator(*b));
+        match (start, separator) {
+            (None, false) => start = Some(i),
+            (Some(from), true) => {
+                if count == N {
+                    return None;
+                }
+                slots[count] = &args[from..i];
+                count += 1;
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    Some((slots, count))
 }
 
 /// A parsed client operation.
@@ -114,17 +163,13 @@ pub fn parse(frame: &[u8], max_payload: usize) -> Result<Op<'_>, ParseError> {
     }
     let line = std::str::from_utf8(&frame[..newline]).map_err(|_| ParseError::UnknownOperation)?;
     let line = line.strip_suffix('\r').unwrap_or(line);
-    let (op, args) = line.split_once([' ', '\t']).unwrap_or((line, ""));
-    let args = args.trim_start();
-    // No allocation per frame: at most four words are ever valid, so a
-    // fifth makes the slice too long for every pattern below.
-    let mut slots = [""; 5];
-    let mut count = 0;
-    for word in args.split_ascii_whitespace().take(slots.len()) {
-        slots[count] = word;
-        count += 1;
-    }
-    let words = &slots[..count];
+    let op_end = line.bytes().position(is_separator).unwrap_or(line.len());
+    let (op, args) = line.split_at(op_end);
+    let args = args.trim_start_matches([' ', '\t']);
+    // No allocation per frame: no operation takes more than four words
+    // (`None` below).
+    let words = words::<4>(args);
+    let words = words.as_ref().map(|(slots, count)| &slots[..*count]);
     let body = &frame[newline + 1..];
     let mut upper = [0u8; 7];
     let op = match upper.get_mut(..op.len()) {
@@ -141,22 +186,22 @@ pub fn parse(frame: &[u8], max_payload: usize) -> Result<Op<'_>, ParseError> {
         "PONG" => Ok(Op::Pong),
         "PUB" => {
             let (subject, reply, size) = match words {
-                [subject, size] => (*subject, None, *size),
-                [subject, reply, size] => (*subject, Some(*reply), *size),
+                Some([subject, size]) => (*subject, None, *size),
+                Some([subject, reply, size]) => (*subject, Some(*reply), *size),
                 _ => return Err(ParseError::BadArguments),
             };
-            let size: usize = size.parse().map_err(|_| ParseError::BadArguments)?;
+            let size = decimal(size.as_bytes()).ok_or(ParseError::BadArguments)?;
             let payload = payload(body, size, max_payload)?;
             Ok(Op::Pub { subject, reply, headers: None, payload })
         }
         "HPUB" => {
             let (subject, reply, header_size, total) = match words {
-                [subject, h, t] => (*subject, None, *h, *t),
-                [subject, reply, h, t] => (*subject, Some(*reply), *h, *t),
+                Some([subject, h, t]) => (*subject, None, *h, *t),
+                Some([subject, reply, h, t]) => (*subject, Some(*reply), *h, *t),
                 _ => return Err(ParseError::BadArguments),
             };
-            let header_size: usize = header_size.parse().map_err(|_| ParseError::BadArguments)?;
-            let total: usize = total.parse().map_err(|_| ParseError::BadArguments)?;
+            let header_size = decimal(header_size.as_bytes()).ok_or(ParseError::BadArguments)?;
+            let total = decimal(total.as_bytes()).ok_or(ParseError::BadArguments)?;
             if header_size > total {
                 return Err(ParseError::BadArguments);
             }
@@ -165,13 +210,13 @@ pub fn parse(frame: &[u8], max_payload: usize) -> Result<Op<'_>, ParseError> {
             Ok(Op::Pub { subject, reply, headers: Some(headers), payload })
         }
         "SUB" => match words {
-            [subject, sid] => Ok(Op::Sub { subject, queue: None, sid }),
-            [subject, queue, sid] => Ok(Op::Sub { subject, queue: Some(queue), sid }),
+            Some([subject, sid]) => Ok(Op::Sub { subject, queue: None, sid }),
+            Some([subject, queue, sid]) => Ok(Op::Sub { subject, queue: Some(queue), sid }),
             _ => Err(ParseError::BadArguments),
         },
         "UNSUB" => match words {
-            [sid] => Ok(Op::Unsub { sid, max: None }),
-            [sid, max] => {
+            Some([sid]) => Ok(Op::Unsub { sid, max: None }),
+            Some([sid, max]) => {
                 Ok(Op::Unsub { sid, max: Some(max.parse().map_err(|_| ParseError::BadArguments)?) })
             }
             _ => Err(ParseError::BadArguments),
@@ -310,6 +355,18 @@ mod tests {
         assert_eq!(parse(b"FOO\r\n", 10), Err(ParseError::UnknownOperation));
         assert_eq!(parse(b"SUB\r\n", 10), Err(ParseError::BadArguments));
         assert_eq!(parse(b"PUB foo\r\n", 10), Err(ParseError::BadArguments));
+    }
+
+    #[test]
+    fn arguments_split_at_spaces_and_tabs() {
+        let spaced = Op::Sub { subject: "a", queue: Some("q"), sid: "7" };
+        assert_eq!(parse(b"SUB \t a\t\tq  7 \r\n", 10), Ok(spaced));
+        assert_eq!(parse(b"PUB\ta 2\r\nhi\r\n", 10).map(|op| matches!(op, Op::Pub { .. })), Ok(true));
+        assert_eq!(parse(b"SUB a b c d e\r\n", 10), Err(ParseError::BadArguments), "five words");
+        assert_eq!(parse(b"PUB a +2\r\nhi\r\n", 10), Err(ParseError::BadArguments), "digits only");
+        assert_eq!(parse(b"PUB a 99999999999999999999\r\n", 10), Err(ParseError::BadArguments));
+        assert_eq!(payload_size(b"pub a b 12 \r\n"), Some(12));
+        assert_eq!(payload_size(b"SUB a 12\r\n"), None);
     }
 
     #[test]
