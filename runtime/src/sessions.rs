@@ -436,9 +436,16 @@ impl Session {
     }
 }
 
-/// Key of a session in the store.
+/// Key of a session in the store. Built without `format!`: every CONNECT
+/// makes one, on the guest call's fiber stack, and the formatting machinery
+/// made that CONNECT's deepest stack use 4.8 KiB instead of 4.5 (a stack an
+/// idle connection keeps; both are two pages still).
 fn storage_key(protocol: &str, client_id: &str) -> String {
-    format!("{protocol}\0{client_id}")
+    let mut key = String::with_capacity(protocol.len() + 1 + client_id.len());
+    key.push_str(protocol);
+    key.push('\0');
+    key.push_str(client_id);
+    key
 }
 
 /// Result of attaching a session.
