@@ -76,3 +76,22 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postcard::Error> {
     postcard::from_bytes(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sessions::unix_now;
+
+    #[test]
+    fn only_a_message_that_can_expire_is_stamped() {
+        let plain = StoredMessage::new(Message::new("t", b"x".to_vec()));
+        assert_eq!(plain.published_at, 0, "no clock read");
+        assert!(!plain.expired(u64::MAX), "and it never expires");
+        let before = unix_now();
+        let expiring =
+            StoredMessage::new(Message { expiry_secs: Some(10), ..Message::new("t", b"x".to_vec()) });
+        assert!(expiring.published_at >= before && expiring.published_at <= unix_now());
+        assert!(!expiring.expired(expiring.published_at + 9));
+        assert!(expiring.expired(expiring.published_at + 10));
+    }
+}
