@@ -158,12 +158,35 @@ async fn answers_like_nats_server() {
             b"SUB q.> 1\r\nSUB q.> 2\r\nUNSUB 2\r\nPUB q.a 1\r\nx\r\nPING\r\n",
         ],
         &[b"CONNECT {bad json\r\n"],
+        // Operations split anywhere across writes: in a verb, a payload,
+        // between CR and LF.
+        &[
+            b"CONNECT {\"verbose\":false}\r\nSUB s.> 7\r\nPU",
+            b"B s.a 11\r\nhello",
+            b" world\r",
+            b"\nPUB s.b 3\r\nab",
+            b"c\r\nPI",
+            b"NG\r\n",
+        ],
     ];
     for lines in sessions {
         let expected = converse(reference, true, lines).await;
         let actual = converse(broker.addr("nats"), true, lines).await;
         assert_eq!(actual, expected, "session {lines:?}");
     }
+    // A payload near max_payload arriving over several reads: the guest
+    // says how many bytes the PUB needs and the host waits for them.
+    let payload = "p".repeat(60_000);
+    let big = format!("CONNECT {{\"verbose\":false}}\r\nSUB big 1\r\nPUB big 60000\r\n{payload}\r\nPING\r\n");
+    let big = big.as_bytes();
+    let writes: [&[u8]; 4] = [&big[..50], &big[50..20_000], &big[20_000..59_000], &big[59_000..]];
+    let expected = converse(reference, true, &writes).await;
+    let actual = converse(broker.addr("nats"), true, &writes).await;
+    assert!(
+        expected.starts_with("MSG big 1 60000\r\npppp") && expected.ends_with("PONG\r\n"),
+        "{expected:.40}"
+    );
+    assert_eq!(actual, expected);
     broker.shutdown().await;
 }
 

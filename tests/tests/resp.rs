@@ -161,6 +161,8 @@ async fn answers_like_redis_server() {
         b"HELLO 4\r\nHELLO 3\r\n",
         b"*1\r\n$999999999999\r\n",
         b"*1\r\n*1\r\n",
+        // The commands before a malformed one are answered first.
+        b"PING\r\n*2\r\n$4\r\nECHO\r\n$1\r\nx\r\n*1\r\n*1\r\n",
         b"SET a 1 EX 0\r\nSET a 1 EX\r\nSET a 1 BOGUS\r\n",
     ];
     for input in sessions {
@@ -177,5 +179,38 @@ async fn answers_like_redis_server() {
         }
         assert_eq!(actual, expected, "{:?}", String::from_utf8_lossy(input));
     }
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_split_anywhere_are_answered_like_redis_server() {
+    let (_reference, reference) = reference_server(
+        "redis-server",
+        &["--port", "{port}", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+    )
+    .await;
+    let broker = TestBroker::start(CONFIG).await;
+    // A bulk far larger than one read, then small commands, so the guest
+    // reports what a command still needs and the host waits for it.
+    let big = "v".repeat(200_000);
+    let stream = format!(
+        "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$200000\r\n{big}\r\n\
+         *2\r\n$3\r\nDEL\r\n$3\r\nbig\r\nPING\r\n*2\r\n$4\r\nECHO\r\n$5\r\nhello\r\nPING x\r\n"
+    );
+    let stream = stream.as_bytes();
+    let tail = stream.len() - 60;
+    // Cut inside a header, between CR and LF, inside the bulk (several
+    // times), at its CRLF, and inside the commands after it.
+    let cuts = [3, 11, 28, 30, 1000, 70_000, 150_000, 200_031, 200_032, tail, tail + 7, tail + 31];
+    let mut writes: Vec<&[u8]> = Vec::new();
+    let mut at = 0;
+    for cut in cuts.into_iter().chain([stream.len()]) {
+        writes.push(&stream[at..cut]);
+        at = cut;
+    }
+    let expected = converse(reference, false, &writes).await;
+    let actual = converse(broker.addr("resp"), false, &writes).await;
+    assert_eq!(expected, "+OK\r\n:1\r\n+PONG\r\n$5\r\nhello\r\n$1\r\nx\r\n", "the reference's answers");
+    assert_eq!(actual, expected);
     broker.shutdown().await;
 }
