@@ -5,7 +5,7 @@
 //! parser (control lines end in CRLF; `PUB`/`HPUB` are followed by a payload
 //! of the announced size and a CRLF).
 
-use sandport_guest::put_decimal;
+use sandport_guest::{parse_decimal, put_decimal};
 
 /// Longest control line nats-server accepts (`MAX_CONTROL_LINE_SIZE`).
 pub const MAX_CONTROL_LINE: usize = 4096;
@@ -83,18 +83,7 @@ fn is_separator(byte: u8) -> bool {
 
 /// A size or count as nats-server reads it: decimal digits only.
 fn decimal(text: &[u8]) -> Option<usize> {
-    if text.is_empty() || text.len() > 18 {
-        return None;
-    }
-    let mut value: u64 = 0;
-    for &byte in text {
-        let digit = byte.wrapping_sub(b'0');
-        if digit > 9 {
-            return None;
-        }
-        value = value * 10 + u64::from(digit);
-    }
-    usize::try_from(value).ok()
+    parse_decimal(text).and_then(|value| usize::try_from(value).ok())
 }
 
 /// The words of `args`, split at spaces and tabs, and how many there are;

@@ -5,7 +5,7 @@
 //! or as inline lines (`PING\r\n`). Lengths are checked against Redis's
 //! limits before anything is buffered.
 
-use sandport_guest::put_decimal;
+use sandport_guest::{parse_decimal, put_decimal};
 
 /// Longest inline command line (Redis `PROTO_INLINE_MAX_SIZE`).
 pub const MAX_INLINE: usize = 64 * 1024;
@@ -97,20 +97,9 @@ fn number(text: &[u8]) -> Option<i64> {
         (b'+', rest) => (false, rest),
         _ => (false, text),
     };
-    if digits.is_empty() {
-        return None;
-    }
-    // Up to 18 digits cannot overflow an i64: no checked arithmetic, which
-    // on wasm32 is a call to a 128-bit multiply for every digit.
+    // The usual case, up to 18 digits, fits an i64 without checked arithmetic.
     if digits.len() <= 18 {
-        let mut value: i64 = 0;
-        for &byte in digits {
-            let digit = byte.wrapping_sub(b'0');
-            if digit > 9 {
-                return None;
-            }
-            value = value * 10 + i64::from(digit);
-        }
+        let value = i64::try_from(parse_decimal(digits)?).ok()?;
         return Some(if negative { -value } else { value });
     }
     let mut value: i64 = 0;

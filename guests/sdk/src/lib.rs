@@ -54,6 +54,25 @@ pub fn framed_by_guest() -> Result<(), String> {
     Err("on-frames called, but this protocol finds its frames itself".into())
 }
 
+/// Read up to 18 decimal digits (nothing else: no sign, no spaces), the
+/// lengths and counts of text protocols. 18 digits cannot overflow a `u64`,
+/// so there is no checked arithmetic, which on wasm32 is a call to a 128-bit
+/// multiply for every digit.
+pub fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 18 {
+        return None;
+    }
+    let mut value: u64 = 0;
+    for &byte in digits {
+        let digit = byte.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        value = value * 10 + u64::from(digit);
+    }
+    Some(value)
+}
+
 /// Append `n` in decimal: for the length fields of text protocols, written
 /// on every message, where `format!` would cost an allocation each time.
 pub fn put_decimal(out: &mut Vec<u8>, mut n: u64) {
@@ -109,6 +128,15 @@ mod tests {
             out.push(b' ');
         }
         assert_eq!(out, b"0 7 42 18446744073709551615 ");
+    }
+
+    #[test]
+    fn decimals_are_parsed_from_digits_only() {
+        assert_eq!(super::parse_decimal(b"0"), Some(0));
+        assert_eq!(super::parse_decimal(b"999999999999999999"), Some(999_999_999_999_999_999));
+        for text in [&b""[..], b"+1", b"-1", b" 1", b"1a", b"1000000000000000000"] {
+            assert_eq!(super::parse_decimal(text), None, "{text:?}");
+        }
     }
 
     #[test]
