@@ -142,13 +142,18 @@ async fn messages_cross_between_redis_and_mqtt() {
     broker.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn answers_like_redis_server() {
-    let (_reference, reference) = reference_server(
+/// Debian's redis-server on a free loopback port, without persistence.
+async fn redis_server() -> (tokio::process::Child, std::net::SocketAddr) {
+    reference_server(
         "redis-server",
         &["--port", "{port}", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_like_redis_server() {
+    let (_reference, reference) = redis_server().await;
     let broker = TestBroker::start(CONFIG).await;
     let sessions: &[&[u8]] = &[
         b"PING\r\nPING hello\r\n*2\r\n$4\r\nECHO\r\n$3\r\nabc\r\n",
@@ -184,11 +189,7 @@ async fn answers_like_redis_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_split_anywhere_are_answered_like_redis_server() {
-    let (_reference, reference) = reference_server(
-        "redis-server",
-        &["--port", "{port}", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-    )
-    .await;
+    let (_reference, reference) = redis_server().await;
     let broker = TestBroker::start(CONFIG).await;
     // A bulk far larger than one read, then small commands, so the guest
     // reports what a command still needs and the host waits for it.
