@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::flow::Throughput;
 use crate::servers::{Guests, Server, ServerKind, Wire};
 use crate::{mqtt_load, nats_load, redis_load};
 
@@ -248,14 +249,8 @@ impl Bench {
                     Workload::MqttQos1 => (1, scale.qos1_messages, 1),
                     _ => (scale.fanout_subscribers, scale.fanout_messages, 0),
                 };
-                let cpu = server.cpu_time()?;
-                let run =
-                    mqtt_load::pubsub(addr, subscribers, messages, qos, scale.window, scale.limit).await?;
-                let cpu = server.cpu_time()?.saturating_sub(cpu);
-                vec![
-                    Figure::higher("throughput", run.deliveries_per_sec(), "msg/s"),
-                    Figure::cpu_per("cpu-per-delivery", cpu, run.deliveries),
-                ]
+                let run = mqtt_load::pubsub(addr, subscribers, messages, qos, scale.window, scale.limit);
+                pubsub_figures(server, run).await?
             }
             Workload::MqttLatency => {
                 let peak = match self.peaks.get(&server.kind) {
@@ -310,13 +305,11 @@ impl Bench {
                 ]
             }
             Workload::Nats => {
-                let cpu = server.cpu_time()?;
-                let run = nats_load::pubsub(addr, scale.nats_messages, scale.window, scale.limit).await?;
-                let cpu = server.cpu_time()?.saturating_sub(cpu);
-                vec![
-                    Figure::higher("throughput", run.deliveries_per_sec(), "msg/s"),
-                    Figure::cpu_per("cpu-per-delivery", cpu, run.deliveries),
-                ]
+                pubsub_figures(
+                    server,
+                    nats_load::pubsub(addr, scale.nats_messages, scale.window, scale.limit),
+                )
+                .await?
             }
             Workload::Redis => {
                 let mut figures = Vec::new();
@@ -329,6 +322,21 @@ impl Bench {
             }
         })
     }
+}
+
+/// Throughput of a pub/sub run, and the server's CPU time per delivery
+/// during it.
+async fn pubsub_figures(
+    server: &Server,
+    run: impl Future<Output = anyhow::Result<Throughput>>,
+) -> anyhow::Result<Vec<Figure>> {
+    let before = server.cpu_time()?;
+    let run = run.await?;
+    let cpu = server.cpu_time()?.saturating_sub(before);
+    Ok(vec![
+        Figure::higher("throughput", run.deliveries_per_sec(), "msg/s"),
+        Figure::cpu_per("cpu-per-delivery", cpu, run.deliveries),
+    ])
 }
 
 /// One figure as a workload reports it.
