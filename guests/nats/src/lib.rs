@@ -136,9 +136,9 @@ impl Handler for Nats {
         let scan = STATE.with_borrow_mut(|state| {
             let mut frames = wire::Frames::new(&data, state.max_payload);
             let mut count = 0;
-            for frame in frames.by_ref() {
+            for op in frames.by_ref() {
                 count += 1;
-                match handle(state, frame, &mut out) {
+                match handle(state, op, &mut out) {
                     Outcome::Continue => {}
                     Outcome::Fatal(text) => {
                         out.extend_from_slice(format!("-ERR '{text}'\r\n").as_bytes());
@@ -217,8 +217,8 @@ impl Handler for Nats {
     fn on_close(_reason: CloseReason) {}
 }
 
-fn handle(state: &mut State, frame: &[u8], out: &mut Vec<u8>) -> Outcome {
-    let op = match wire::parse(frame, state.max_payload) {
+fn handle(state: &mut State, op: Result<Op<'_>, ParseError>, out: &mut Vec<u8>) -> Outcome {
+    let op = match op {
         Ok(op) => op,
         Err(ParseError::BadArguments) => return Outcome::Drop("malformed arguments"),
         Err(e) => return Outcome::Fatal(e.text().into()),

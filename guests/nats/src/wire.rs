@@ -10,12 +10,11 @@ use sandport_guest::{parse_decimal, put_decimal};
 /// Longest control line nats-server accepts (`MAX_CONTROL_LINE_SIZE`).
 pub const MAX_CONTROL_LINE: usize = 4096;
 
-/// The complete frames at the start of a buffer, one at a time: control
-/// lines, and for `PUB`/`HPUB` the line plus its payload. A line whose
-/// payload size cannot be read, or is larger than `max_payload`, is a frame
-/// on its own so the handler can answer it with the right error; so is a
-/// line longer than [`MAX_CONTROL_LINE`] (its first bytes), which the
-/// parser refuses.
+/// The operations at the start of a buffer, one at a time, each read in
+/// one pass: its control line and, for `PUB`/`HPUB`, the payload the line
+/// announces. An operation that cannot be read is an error item covering
+/// its line (a line longer than [`MAX_CONTROL_LINE`]: its first bytes), so
+/// the handler can answer it as nats-server does.
 pub struct Frames<'a> {
     buffer: &'a [u8],
     max_payload: usize,
@@ -28,12 +27,12 @@ impl<'a> Frames<'a> {
         Self { buffer, max_payload, handled: 0, needs: None }
     }
 
-    /// Bytes of the frames returned so far.
+    /// Bytes of the operations returned so far.
     pub fn handled(&self) -> usize {
         self.handled
     }
 
-    /// Once no frame is left: the next frame's total size, when its line
+    /// Once no operation is left: the next one's total size, when its line
     /// is complete and announces a payload.
     pub fn needs(&self) -> Option<u32> {
         self.needs
@@ -41,39 +40,55 @@ impl<'a> Frames<'a> {
 }
 
 impl<'a> Iterator for Frames<'a> {
-    type Item = &'a [u8];
+    type Item = Result<Op<'a>, ParseError>;
 
-    fn next(&mut self) -> Option<&'a [u8]> {
+    fn next(&mut self) -> Option<Self::Item> {
         let rest = &self.buffer[self.handled..];
         let window = &rest[..rest.len().min(MAX_CONTROL_LINE + 2)];
-        let total = match window.iter().position(|b| *b == b'\n') {
-            Some(newline) => match payload_size(&rest[..newline + 1]) {
-                Some(size) if size <= self.max_payload => newline + 1 + size + 2,
-                _ => newline + 1,
-            },
-            None if rest.len() > MAX_CONTROL_LINE => MAX_CONTROL_LINE + 1,
-            None => return None,
+        let Some(newline) = window.iter().position(|b| *b == b'\n') else {
+            if rest.len() > MAX_CONTROL_LINE {
+                self.handled += MAX_CONTROL_LINE + 1;
+                return Some(Err(ParseError::ControlLineTooLong));
+            }
+            return None;
         };
+        let line_end = newline + 1;
+        if newline > MAX_CONTROL_LINE {
+            self.handled += line_end;
+            return Some(Err(ParseError::ControlLineTooLong));
+        }
+        let line = match read_line(&rest[..newline], self.max_payload) {
+            Ok(line) => line,
+            Err(e) => {
+                self.handled += line_end;
+                return Some(Err(e));
+            }
+        };
+        let (subject, reply, header_size, size) = match line {
+            Line::Op(op) => {
+                self.handled += line_end;
+                return Some(Ok(op));
+            }
+            Line::Publish { subject, reply, header_size, size } => (subject, reply, header_size, size),
+        };
+        let total = line_end + size + 2;
         if total > rest.len() {
             self.needs = Some(total as u32);
             return None;
         }
         self.handled += total;
-        Some(&rest[..total])
+        let Some(body) = rest[line_end..total].strip_suffix(b"\r\n") else {
+            return Some(Err(ParseError::UnknownOperation));
+        };
+        let (headers, payload) = match header_size {
+            Some(header_size) => {
+                let (headers, payload) = body.split_at(header_size);
+                (Some(headers), payload)
+            }
+            None => (None, body),
+        };
+        Some(Ok(Op::Pub { subject, reply, headers, payload }))
     }
-}
-
-/// The payload size announced by a `PUB` or `HPUB` line (the last argument).
-/// Byte by byte: it runs for every frame, before [`parse`] reads the line.
-fn payload_size(line: &[u8]) -> Option<usize> {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let mut words = line.split(|b| is_separator(*b)).filter(|w| !w.is_empty());
-    let op = words.next()?;
-    if !op.eq_ignore_ascii_case(b"PUB") && !op.eq_ignore_ascii_case(b"HPUB") {
-        return None;
-    }
-    decimal(words.next_back()?)
 }
 
 /// Control-line arguments are separated by spaces and tabs.
@@ -144,22 +159,23 @@ impl ParseError {
     }
 }
 
-/// Parse one frame found by [`Frames`].
-pub fn parse(frame: &[u8], max_payload: usize) -> Result<Op<'_>, ParseError> {
-    let newline = frame.iter().position(|b| *b == b'\n').ok_or(ParseError::ControlLineTooLong)?;
-    if newline > MAX_CONTROL_LINE {
-        return Err(ParseError::ControlLineTooLong);
-    }
-    let line = std::str::from_utf8(&frame[..newline]).map_err(|_| ParseError::UnknownOperation)?;
+/// A control line: an operation, or a publication whose payload follows.
+enum Line<'a> {
+    Op(Op<'a>),
+    Publish { subject: &'a str, reply: Option<&'a str>, header_size: Option<usize>, size: usize },
+}
+
+/// Read one control line (without its LF).
+fn read_line(line: &[u8], max_payload: usize) -> Result<Line<'_>, ParseError> {
+    let line = std::str::from_utf8(line).map_err(|_| ParseError::UnknownOperation)?;
     let line = line.strip_suffix('\r').unwrap_or(line);
     let op_end = line.bytes().position(is_separator).unwrap_or(line.len());
     let (op, args) = line.split_at(op_end);
     let args = args.trim_start_matches([' ', '\t']);
-    // No allocation per frame: no operation takes more than four words
-    // (`None` below).
+    // No allocation per operation: none takes more than four words (`None`
+    // below).
     let words = words::<4>(args);
     let words = words.as_ref().map(|(slots, count)| &slots[..*count]);
-    let body = &frame[newline + 1..];
     let mut upper = [0u8; 7];
     let op = match upper.get_mut(..op.len()) {
         Some(name) => {
@@ -169,19 +185,25 @@ pub fn parse(frame: &[u8], max_payload: usize) -> Result<Op<'_>, ParseError> {
         }
         None => "",
     };
-    match op {
-        "CONNECT" => Ok(Op::Connect(args)),
-        "PING" => Ok(Op::Ping),
-        "PONG" => Ok(Op::Pong),
+    let payload_size = |text: &str| {
+        let size = decimal(text.as_bytes()).ok_or(ParseError::BadArguments)?;
+        if size > max_payload {
+            return Err(ParseError::PayloadTooLarge);
+        }
+        Ok(size)
+    };
+    let op = match op {
+        "CONNECT" => Op::Connect(args),
+        "PING" => Op::Ping,
+        "PONG" => Op::Pong,
         "PUB" => {
             let (subject, reply, size) = match words {
                 Some([subject, size]) => (*subject, None, *size),
                 Some([subject, reply, size]) => (*subject, Some(*reply), *size),
                 _ => return Err(ParseError::BadArguments),
             };
-            let size = decimal(size.as_bytes()).ok_or(ParseError::BadArguments)?;
-            let payload = payload(body, size, max_payload)?;
-            Ok(Op::Pub { subject, reply, headers: None, payload })
+            let size = payload_size(size)?;
+            return Ok(Line::Publish { subject, reply, header_size: None, size });
         }
         "HPUB" => {
             let (subject, reply, header_size, total) = match words {
@@ -190,39 +212,27 @@ pub fn parse(frame: &[u8], max_payload: usize) -> Result<Op<'_>, ParseError> {
                 _ => return Err(ParseError::BadArguments),
             };
             let header_size = decimal(header_size.as_bytes()).ok_or(ParseError::BadArguments)?;
-            let total = decimal(total.as_bytes()).ok_or(ParseError::BadArguments)?;
-            if header_size > total {
+            let size = payload_size(total)?;
+            if header_size > size {
                 return Err(ParseError::BadArguments);
             }
-            let all = payload(body, total, max_payload)?;
-            let (headers, payload) = all.split_at(header_size);
-            Ok(Op::Pub { subject, reply, headers: Some(headers), payload })
+            return Ok(Line::Publish { subject, reply, header_size: Some(header_size), size });
         }
         "SUB" => match words {
-            Some([subject, sid]) => Ok(Op::Sub { subject, queue: None, sid }),
-            Some([subject, queue, sid]) => Ok(Op::Sub { subject, queue: Some(queue), sid }),
-            _ => Err(ParseError::BadArguments),
+            Some([subject, sid]) => Op::Sub { subject, queue: None, sid },
+            Some([subject, queue, sid]) => Op::Sub { subject, queue: Some(queue), sid },
+            _ => return Err(ParseError::BadArguments),
         },
         "UNSUB" => match words {
-            Some([sid]) => Ok(Op::Unsub { sid, max: None }),
+            Some([sid]) => Op::Unsub { sid, max: None },
             Some([sid, max]) => {
-                Ok(Op::Unsub { sid, max: Some(max.parse().map_err(|_| ParseError::BadArguments)?) })
+                Op::Unsub { sid, max: Some(max.parse().map_err(|_| ParseError::BadArguments)?) }
             }
-            _ => Err(ParseError::BadArguments),
+            _ => return Err(ParseError::BadArguments),
         },
-        _ => Err(ParseError::UnknownOperation),
-    }
-}
-
-fn payload(body: &[u8], size: usize, max_payload: usize) -> Result<&[u8], ParseError> {
-    if size > max_payload {
-        return Err(ParseError::PayloadTooLarge);
-    }
-    let payload = body.get(..size).ok_or(ParseError::UnknownOperation)?;
-    if body.get(size..) != Some(b"\r\n") {
-        return Err(ParseError::UnknownOperation);
-    }
-    Ok(payload)
+        _ => return Err(ParseError::UnknownOperation),
+    };
+    Ok(Line::Op(op))
 }
 
 /// Parse a header block (`NATS/1.0\r\nKey: Value\r\n...\r\n`).
@@ -306,8 +316,23 @@ mod tests {
     /// Frame lengths, and what the next needs.
     fn scan(buffer: &[u8], max_payload: usize) -> (Vec<usize>, Option<u32>) {
         let mut frames = Frames::new(buffer, max_payload);
-        let lengths = frames.by_ref().map(<[u8]>::len).collect();
+        let mut lengths = Vec::new();
+        let mut at = 0;
+        while frames.next().is_some() {
+            lengths.push(frames.handled() - at);
+            at = frames.handled();
+        }
         (lengths, frames.needs())
+    }
+
+    /// The operation at the start of `frame`, which is all of it when read.
+    fn parse(frame: &[u8], max_payload: usize) -> Result<Op<'_>, ParseError> {
+        let mut frames = Frames::new(frame, max_payload);
+        let op = frames.next().expect("a complete operation");
+        if op.is_ok() {
+            assert_eq!(frames.handled(), frame.len(), "a read operation is the whole frame");
+        }
+        op
     }
 
     #[test]
@@ -318,6 +343,8 @@ mod tests {
         assert_eq!(next, Some(22), "PUB b 10 needs its line, 10 bytes and CRLF");
         let (frames, next) = scan(b"PUB a 99999\r\n", 1024);
         assert_eq!((frames, next), (vec![13], None), "oversized payload: the line alone");
+        let (frames, next) = scan(b"HPUB a 3 2\r\nhi\r\nPING\r\n", 1024);
+        assert_eq!((frames, next), (vec![12, 4, 6], None), "a refused line alone, then what follows");
         let (frames, _) = scan(&[b'x'; MAX_CONTROL_LINE + 10], 1024);
         assert_eq!(
             frames[0],
@@ -340,6 +367,12 @@ mod tests {
         assert_eq!(parse(b"SUB a.* q 7\r\n", 10), Ok(Op::Sub { subject: "a.*", queue: Some("q"), sid: "7" }));
         assert_eq!(parse(b"UNSUB 7 3\r\n", 10), Ok(Op::Unsub { sid: "7", max: Some(3) }));
         assert_eq!(parse(b"PUB a 20\r\n", 10), Err(ParseError::PayloadTooLarge));
+        assert_eq!(parse(b"HPUB a 2 20\r\n", 10), Err(ParseError::PayloadTooLarge));
+        assert_eq!(
+            parse(b"HPUB a 3 2\r\nhi\r\n", 10),
+            Err(ParseError::BadArguments),
+            "headers beyond the total"
+        );
         assert_eq!(parse(b"PUB a 2\r\nhiX\r\n", 10), Err(ParseError::UnknownOperation));
         assert_eq!(parse(b"FOO\r\n", 10), Err(ParseError::UnknownOperation));
         assert_eq!(parse(b"SUB\r\n", 10), Err(ParseError::BadArguments));
@@ -354,8 +387,8 @@ mod tests {
         assert_eq!(parse(b"SUB a b c d e\r\n", 10), Err(ParseError::BadArguments), "five words");
         assert_eq!(parse(b"PUB a +2\r\nhi\r\n", 10), Err(ParseError::BadArguments), "digits only");
         assert_eq!(parse(b"PUB a 99999999999999999999\r\n", 10), Err(ParseError::BadArguments));
-        assert_eq!(payload_size(b"pub a b 12 \r\n"), Some(12));
-        assert_eq!(payload_size(b"SUB a 12\r\n"), None);
+        assert_eq!(scan(b"pub a b 12 \r\n", 100), (vec![], Some(27)), "a reply, then the size");
+        assert_eq!(scan(b"SUB a 12\r\n", 100), (vec![10], None), "a sid, not a size");
     }
 
     #[test]
