@@ -19,6 +19,12 @@ mod report;
 mod servers;
 mod workloads;
 
+/// The allocator of the `sandport` binary, as the broker this benchmark
+/// starts is this binary in its `broker` mode.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, ExitCode};
 
