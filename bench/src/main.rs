@@ -19,19 +19,13 @@ mod report;
 mod servers;
 mod workloads;
 
-/// The allocator of the `sandport` binary, as the broker this benchmark
-/// starts is this binary in its `broker` mode.
-#[cfg(not(target_env = "msvc"))]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, ExitCode};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::servers::{Guests, ServerKind, guest_path};
+use crate::servers::{Builds, ServerKind, guest_path};
 use crate::workloads::{Bench, Scale, Workload};
 
 #[derive(Parser)]
@@ -60,9 +54,6 @@ enum Command {
         #[command(flatten)]
         output: Output,
     },
-    /// Run sandport on a config (how the benchmark starts it).
-    #[command(hide = true)]
-    Broker { config: PathBuf },
     /// Run the native forwarder on a loopback port.
     #[command(hide = true)]
     Forwarder { port: u16 },
@@ -90,7 +81,6 @@ fn main() -> ExitCode {
         Command::Run { workloads, smoke, servers, output } => {
             (workloads, if smoke { Scale::smoke() } else { Scale::full() }, servers, output)
         }
-        Command::Broker { config } => return runtime.block_on(broker(config)),
         Command::Forwarder { port } => {
             return match runtime.block_on(forwarder::serve(port)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -118,7 +108,7 @@ async fn bench(
 ) -> anyhow::Result<()> {
     workloads.sort();
     workloads.dedup();
-    let mut bench = Bench::new(scale, build_guests()?, servers);
+    let mut bench = Bench::new(scale, build()?, servers);
     for workload in workloads {
         bench.run(workload).await?;
     }
@@ -129,30 +119,50 @@ async fn bench(
     Ok(())
 }
 
-/// sandport itself, in this process: the same CLI path as the binary.
-async fn broker(config: PathBuf) -> ExitCode {
-    use clap::Parser as _;
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
-    let args = [PathBuf::from("sandport"), "run".into(), "--config".into(), config];
-    sandport::cli::Cli::parse_from(args).execute().await
-}
-
-/// Build the MQTT, NATS and RESP guests (a no-op when they are current).
-fn build_guests() -> anyhow::Result<Guests> {
+/// Build the `sandport` binary, in this binary's profile, and the MQTT,
+/// NATS and RESP guests (a no-op when they are current).
+fn build() -> anyhow::Result<Builds> {
+    let forwarder = std::env::current_exe().context("cannot find the benchmark's own binary")?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("bench/ is in the workspace")?;
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let status = Process::new(option_env!("CARGO").unwrap_or("cargo"))
-        .current_dir(root)
-        .args(["build", "--target", "wasm32-wasip2", "--profile", "guest"])
-        .args(["-p", "sandport-guest-mqtt", "-p", "sandport-guest-nats", "-p", "sandport-guest-resp"])
-        .status()
-        .context("cannot run cargo to build the guests")?;
-    anyhow::ensure!(status.success(), "building the guests failed");
-    Ok(Guests {
+    let cargo = |args: &[&str], what: &str| {
+        let status = Process::new(option_env!("CARGO").unwrap_or("cargo"))
+            .current_dir(root)
+            .args(args)
+            .status()
+            .with_context(|| format!("cannot run cargo to build {what}"))?;
+        anyhow::ensure!(status.success(), "building {what} failed");
+        anyhow::Ok(())
+    };
+    let profile = if cfg!(debug_assertions) {
+        // The way `cargo test --workspace` builds (as the end-to-end tests
+        // do), so the smoke test reuses that build instead of compiling
+        // wasmtime a second time.
+        cargo(&["build", "--workspace", "--bins", "--tests"], "the sandport binary")?;
+        "debug"
+    } else {
+        cargo(&["build", "--release", "-p", "sandport", "--bin", "sandport"], "the sandport binary")?;
+        "release"
+    };
+    cargo(
+        &[
+            "build",
+            "--target",
+            "wasm32-wasip2",
+            "--profile",
+            "guest",
+            "-p",
+            "sandport-guest-mqtt",
+            "-p",
+            "sandport-guest-nats",
+            "-p",
+            "sandport-guest-resp",
+        ],
+        "the guests",
+    )?;
+    Ok(Builds {
+        sandport: target.join(profile).join("sandport"),
+        forwarder,
         mqtt: guest_path(&target, "mqtt"),
         nats: guest_path(&target, "nats"),
         resp: guest_path(&target, "resp"),

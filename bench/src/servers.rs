@@ -1,7 +1,8 @@
 //! The servers under test, each in its own process on free loopback ports so
-//! its memory and CPU time can be read from `/proc`: sandport (this build,
-//! re-executed as `sandport-bench broker`), Debian's mosquitto, nats-server
-//! and redis-server, and the native forwarder (`sandport-bench forwarder`).
+//! its memory and CPU time can be read from `/proc`: sandport (the
+//! workspace's `sandport` binary, as users run it), Debian's mosquitto,
+//! nats-server and redis-server, and the native forwarder (this binary,
+//! re-executed as `sandport-bench forwarder`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -57,9 +58,14 @@ pub enum Wire {
     Resp,
 }
 
-/// The guest components sandport loads.
+/// What the benchmark runs: the `sandport` binary and the guest components
+/// it loads, which it built, and this binary for the forwarder.
 #[derive(Debug, Clone)]
-pub struct Guests {
+pub struct Builds {
+    pub sandport: PathBuf,
+    /// Read before building: a debug build of the workspace may replace
+    /// this binary, after which `current_exe` names a deleted file.
+    pub forwarder: PathBuf,
     pub mqtt: PathBuf,
     pub nats: PathBuf,
     pub resp: PathBuf,
@@ -80,17 +86,16 @@ pub struct Server {
 
 impl Server {
     /// Start `kind` speaking `wire` and wait until it accepts connections.
-    pub async fn start(kind: ServerKind, wire: Wire, guests: &Guests) -> anyhow::Result<Server> {
+    pub async fn start(kind: ServerKind, wire: Wire, builds: &Builds) -> anyhow::Result<Server> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
-        let exe = std::env::current_exe()?;
         let mut command = match kind {
             ServerKind::Sandport => {
                 let config = dir.path().join("sandport.toml");
                 std::fs::create_dir(dir.path().join("data"))?;
-                std::fs::write(&config, sandport_config(wire, port, guests))?;
-                let mut command = Command::new(&exe);
-                command.arg("broker").arg(&config);
+                std::fs::write(&config, sandport_config(wire, port, builds))?;
+                let mut command = Command::new(&builds.sandport);
+                command.arg("run").arg("--config").arg(&config);
                 command.env("RUST_LOG", "warn,sandport::broker=info");
                 command
             }
@@ -113,7 +118,7 @@ impl Server {
                 command
             }
             ServerKind::Forwarder => {
-                let mut command = Command::new(&exe);
+                let mut command = Command::new(&builds.forwarder);
                 command.args(["forwarder", &port.to_string()]);
                 command
             }
@@ -244,11 +249,11 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// Sandport as shipped (embedded storage with fsync), one listener for
 /// `wire`, caps raised for the idle-connection workload.
-fn sandport_config(wire: Wire, port: u16, guests: &Guests) -> String {
+fn sandport_config(wire: Wire, port: u16, builds: &Builds) -> String {
     let (name, guest) = match wire {
-        Wire::Mqtt => ("mqtt", &guests.mqtt),
-        Wire::Nats => ("nats", &guests.nats),
-        Wire::Resp => ("resp", &guests.resp),
+        Wire::Mqtt => ("mqtt", &builds.mqtt),
+        Wire::Nats => ("nats", &builds.nats),
+        Wire::Resp => ("resp", &builds.resp),
     };
     format!(
         r#"[storage]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::flow::Throughput;
-use crate::servers::{Guests, Server, ServerKind, Wire};
+use crate::servers::{Builds, Server, ServerKind, Wire};
 use crate::{mqtt_load, nats_load, redis_load};
 
 /// A workload, as named on the command line.
@@ -162,7 +162,7 @@ pub struct Measurement {
 /// Runs workloads and keeps what they measured.
 pub struct Bench {
     pub scale: Scale,
-    guests: Guests,
+    builds: Builds,
     pub measurements: Vec<Measurement>,
     /// QoS 0 1→1 peak per server, for the latency workload's rate.
     peaks: BTreeMap<ServerKind, f64>,
@@ -171,8 +171,8 @@ pub struct Bench {
 }
 
 impl Bench {
-    pub fn new(scale: Scale, guests: Guests, only: Vec<ServerKind>) -> Bench {
-        Bench { scale, guests, measurements: Vec::new(), peaks: BTreeMap::new(), only }
+    pub fn new(scale: Scale, builds: Builds, only: Vec<ServerKind>) -> Bench {
+        Bench { scale, builds, measurements: Vec::new(), peaks: BTreeMap::new(), only }
     }
 
     /// Run `workload` against each of its servers.
@@ -182,7 +182,7 @@ impl Bench {
                 continue;
             }
             eprintln!("{:<13} on {}", workload.name(), kind.name());
-            let server = Server::start(kind, workload.wire(), &self.guests).await?;
+            let server = Server::start(kind, workload.wire(), &self.builds).await?;
             let cpu_before = server.cpu_time()?;
             let figures = self.measure_median(workload, &server).await;
             let cpu = server.cpu_time()?.saturating_sub(cpu_before);
