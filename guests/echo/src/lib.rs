@@ -20,9 +20,7 @@
 // Natively (tests, fuzzing) nothing is exported, so the handler looks unused.
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
-use sandport_guest::types::{
-    CloseReason, ConnectionInfo, Delivery, Framing, ProbeResult, ProtocolInfo, StreamScan,
-};
+use sandport_guest::types::{CloseReason, ConnectionInfo, Framing, ProbeResult, ProtocolInfo, StreamScan};
 use sandport_guest::{Handler, frames, host, message, wildcard_subscription};
 
 /// Command words, for probing.
@@ -104,14 +102,14 @@ impl Handler for Echo {
         Ok(())
     }
 
-    fn on_deliver(batch: Vec<Delivery>) {
+    fn on_deliver(batch: Vec<u8>) {
         let mut out = Vec::new();
-        for delivery in batch {
+        for delivery in sandport_guest::deliveries(&batch) {
             let message = delivery.message;
             out.extend_from_slice(b"MSG ");
             out.extend_from_slice(message.topic.as_bytes());
             out.push(b' ');
-            out.extend_from_slice(&message.payload);
+            out.extend_from_slice(message.payload);
             out.push(b'\n');
         }
         host::send(&out);

@@ -8,9 +8,7 @@
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
 use sandport_guest::Handler;
-use sandport_guest::types::{
-    CloseReason, ConnectionInfo, Delivery, Framing, ProbeResult, ProtocolInfo, StreamScan,
-};
+use sandport_guest::types::{CloseReason, ConnectionInfo, Framing, ProbeResult, ProtocolInfo, StreamScan};
 
 struct Foreign;
 
@@ -44,7 +42,7 @@ impl Handler for Foreign {
         Ok(())
     }
 
-    fn on_deliver(_batch: Vec<Delivery>) {}
+    fn on_deliver(_batch: Vec<u8>) {}
 
     fn on_timer() {}
 

@@ -8,9 +8,7 @@
 // Natively nothing is exported, so the handler looks unused.
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
-use sandport_guest::types::{
-    CloseReason, ConnectionInfo, Delivery, Framing, ProbeResult, ProtocolInfo, StreamScan,
-};
+use sandport_guest::types::{CloseReason, ConnectionInfo, Framing, ProbeResult, ProtocolInfo, StreamScan};
 use sandport_guest::{Handler, frames, host};
 
 struct Greedy;
@@ -49,7 +47,7 @@ impl Handler for Greedy {
         Ok(())
     }
 
-    fn on_deliver(_batch: Vec<Delivery>) {}
+    fn on_deliver(_batch: Vec<u8>) {}
 
     fn on_timer() {}
 

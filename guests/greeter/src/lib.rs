@@ -22,8 +22,8 @@
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
 use sandport_guest::types::{
-    CloseReason, ConnectionInfo, Delivery, FilterKind, Framing, HostError, KvCondition, KvScope,
-    KvSetOptions, NextFrame, ProbeResult, ProtocolInfo, StreamScan,
+    CloseReason, ConnectionInfo, FilterKind, Framing, HostError, KvCondition, KvScope, KvSetOptions,
+    NextFrame, ProbeResult, ProtocolInfo, StreamScan,
 };
 use sandport_guest::{Handler, host};
 
@@ -81,7 +81,7 @@ impl Handler for Greeter {
         sandport_guest::framed_by_guest()
     }
 
-    fn on_deliver(_batch: Vec<Delivery>) {}
+    fn on_deliver(_batch: Vec<u8>) {}
 
     fn on_timer() {
         host::send(b"TICK\n");

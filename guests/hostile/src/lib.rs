@@ -33,8 +33,7 @@ use std::cell::Cell;
 use std::hint::black_box;
 
 use sandport_guest::types::{
-    CloseReason, ConnectionInfo, Delivery, Framing, MessageParam, NextFrame, ProbeResult, ProtocolInfo,
-    StreamScan, Will,
+    CloseReason, ConnectionInfo, Framing, Message, NextFrame, ProbeResult, ProtocolInfo, StreamScan, Will,
 };
 use sandport_guest::{Handler, host, message, wildcard_subscription};
 
@@ -128,7 +127,7 @@ fn command(line: &str) {
         "huge-headers" => {
             let names: Vec<String> = (0..5000).map(|i| format!("h{i}")).collect();
             let headers: Vec<(&str, &str)> = names.iter().map(|name| (name.as_str(), "v")).collect();
-            let msg = MessageParam { headers: &headers, ..message("ok/headers", b"x") };
+            let msg = Message { headers: &headers, ..message("ok/headers", b"x") };
             answer("huge headers", host::publish(msg));
         }
         "bad-ids" => {
@@ -191,7 +190,7 @@ impl Handler for Hostile {
         sandport_guest::framed_by_guest()
     }
 
-    fn on_deliver(_batch: Vec<Delivery>) {
+    fn on_deliver(_batch: Vec<u8>) {
         if LOOP_IN_DELIVER.get() {
             spin();
         }

@@ -39,7 +39,7 @@ use std::cell::RefCell;
 use codec::{kind, split};
 use error::MqttError;
 use sandport_guest::types::{
-    CloseReason, ConnectionInfo, Delivery, Framing, ProbeResult, ProtocolInfo, StreamScan, VarintLength,
+    CloseReason, ConnectionInfo, Framing, ProbeResult, ProtocolInfo, StreamScan, VarintLength,
 };
 use sandport_guest::{Handler, frames, host};
 use state::{Conn, Limits, Phase};
@@ -86,13 +86,13 @@ impl Handler for Mqtt {
         result.map_err(|e| e.text)
     }
 
-    fn on_deliver(batch: Vec<Delivery>) {
+    fn on_deliver(batch: Vec<u8>) {
         let mut out = Vec::new();
         CONN.with_borrow_mut(|conn| {
             if conn.phase != Phase::Connected {
                 return;
             }
-            for delivery in batch {
+            for delivery in sandport_guest::deliveries(&batch) {
                 publish::deliver(conn, delivery, &mut out);
             }
         });

@@ -10,8 +10,9 @@
 
 use std::borrow::Cow;
 
+use sandport_guest::delivery::Delivery;
 use sandport_guest::host;
-use sandport_guest::types::{Delivery, ErrorCode, LogLevel, MessageParam, Qos};
+use sandport_guest::types::{ErrorCode, LogLevel, Message, Qos};
 
 use crate::codec::kind;
 use crate::error::MqttError;
@@ -51,8 +52,8 @@ pub fn message_from<'a>(
     retain: bool,
     properties: &'a Properties,
     headers: &'a [(&'a str, &'a str)],
-) -> MessageParam<'a> {
-    MessageParam {
+) -> Message<'a> {
+    Message {
         topic,
         payload,
         headers,
@@ -220,7 +221,7 @@ pub fn deliver(conn: &mut Conn, delivery: Delivery, out: &mut Vec<u8>) {
     let message = &delivery.message;
     let meta = conn.subscription(delivery.subscription).copied();
     // An at-least-once delivery always carries an id; without one it can only go at QoS 0.
-    let qos = if delivery.id.is_some() { qos_level(message.qos) } else { 0 };
+    let qos = if delivery.id.is_some() { qos_level(message.qos.into()) } else { 0 };
     let packet_id = match (qos, delivery.id) {
         (1 | 2, Some(id)) => match conn.packet_id_for(id) {
             Some(packet_id) => Some(packet_id),
@@ -236,7 +237,7 @@ pub fn deliver(conn: &mut Conn, delivery: Delivery, out: &mut Vec<u8>) {
     let retain = delivery.from_retained || (message.retain && meta.is_some_and(|m| m.retain_as_published));
 
     let mut properties = PropertyWriter::default();
-    let mut topic = message.topic.as_str();
+    let mut topic = message.topic;
     let mut new_alias = None;
     if v5 {
         if message.utf8_payload {
@@ -245,16 +246,16 @@ pub fn deliver(conn: &mut Conn, delivery: Delivery, out: &mut Vec<u8>) {
         if let Some(secs) = message.expiry_secs {
             properties.u32(id::MESSAGE_EXPIRY, secs);
         }
-        if let Some(content_type) = &message.content_type {
+        if let Some(content_type) = message.content_type {
             properties.string(id::CONTENT_TYPE, content_type);
         }
-        if let Some(reply_to) = &message.reply_to {
+        if let Some(reply_to) = message.reply_to {
             properties.string(id::RESPONSE_TOPIC, reply_to);
         }
-        if let Some(correlation) = &message.correlation {
+        if let Some(correlation) = message.correlation {
             properties.binary(id::CORRELATION_DATA, correlation);
         }
-        for (name, value) in &message.headers {
+        for (name, value) in message.headers {
             properties.user(name, value);
         }
         if let Some(identifier) = meta.and_then(|m| m.identifier) {
@@ -278,7 +279,7 @@ pub fn deliver(conn: &mut Conn, delivery: Delivery, out: &mut Vec<u8>) {
         topic,
         packet_id,
         properties: v5.then_some(&properties),
-        payload: &message.payload,
+        payload: message.payload,
     };
     if conn.client_maximum_packet.is_some_and(|max| publish.size() > max as usize) {
         // Too large for the client: dropped as if delivered (5.0 3.1.2.11.4).
@@ -290,7 +291,7 @@ pub fn deliver(conn: &mut Conn, delivery: Delivery, out: &mut Vec<u8>) {
     }
     publish.write(out);
     if let Some(alias) = new_alias {
-        conn.aliases_out.insert(message.topic.clone(), alias);
+        conn.aliases_out.insert(message.topic.to_string(), alias);
     }
     if let (Some(packet_id), Some(id)) = (packet_id, delivery.id) {
         let awaiting = if qos == 2 { Awaiting::Pubrec } else { Awaiting::Puback };

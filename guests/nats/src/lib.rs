@@ -20,9 +20,10 @@ mod wire;
 use std::cell::RefCell;
 
 use rustc_hash::FxHashMap;
+use sandport_guest::delivery::Delivery;
 use sandport_guest::types::{
-    CloseReason, ConnectionInfo, Credentials, Delivery, ErrorCode, FilterKind, Framing, MessageParam,
-    NextFrame, ProbeResult, ProtocolInfo, Qos, RetainedHandling, StreamScan, SubscribeOptionsParam,
+    CloseReason, ConnectionInfo, Credentials, ErrorCode, FilterKind, Framing, Message, NextFrame,
+    ProbeResult, ProtocolInfo, Qos, RetainedHandling, StreamScan, SubscribeOptionsParam,
 };
 use sandport_guest::{Handler, host, message};
 use serde::Deserialize;
@@ -190,10 +191,10 @@ impl Handler for Nats {
         sandport_guest::framed_by_guest()
     }
 
-    fn on_deliver(batch: Vec<Delivery>) {
+    fn on_deliver(batch: Vec<u8>) {
         let mut out = Vec::new();
         STATE.with_borrow_mut(|state| {
-            for delivery in batch {
+            for delivery in sandport_guest::deliveries(&batch) {
                 deliver(state, delivery, &mut out);
             }
         });
@@ -298,8 +299,7 @@ fn publish(
         Some(block) => wire::parse_headers(block).ok_or_else(|| "Invalid Header".to_string())?,
         None => Vec::new(),
     };
-    let msg =
-        MessageParam { reply_to: reply_topic.as_deref(), headers: &header_list, ..message(&topic, payload) };
+    let msg = Message { reply_to: reply_topic.as_deref(), headers: &header_list, ..message(&topic, payload) };
     match host::publish(msg) {
         Ok(outcome) => {
             if outcome.receivers == 0
@@ -322,7 +322,7 @@ fn no_responders(state: &State, reply: &str, out: &mut Vec<u8>) {
     let Some((sid, _)) = state.subs.iter().find(|(_, sub)| subject::matches(&sub.subject, reply)) else {
         return;
     };
-    let status = wire::encode_headers(Some("503"), &[]);
+    let status = wire::encode_headers(Some("503"), []);
     wire::put_message(out, reply, sid, None, Some(&status), b"");
 }
 
@@ -388,7 +388,7 @@ fn deliver_waiting(state: &mut State, out: &mut Vec<u8>) {
         if batch.is_empty() {
             return;
         }
-        for delivery in batch {
+        for delivery in sandport_guest::deliveries(&batch) {
             deliver(state, delivery, out);
         }
     }
@@ -400,15 +400,15 @@ fn deliver(state: &mut State, delivery: Delivery, out: &mut Vec<u8>) {
     let message = delivery.message;
     let subject = &mut state.subject;
     subject.clear();
-    subject::from_topic_into(subject, &message.topic);
+    subject::from_topic_into(subject, message.topic);
     // `a.>` needs a token after `a`; the canonical `a/#` also matches `a`.
     if sub.wildcard && !subject::matches(&sub.subject, subject) {
         return;
     }
-    let reply = message.reply_to.as_deref().map(subject::from_topic);
+    let reply = message.reply_to.map(subject::from_topic);
     let headers =
-        (state.headers && !message.headers.is_empty()).then(|| wire::encode_headers(None, &message.headers));
-    wire::put_message(out, subject, sid, reply.as_deref(), headers.as_deref(), &message.payload);
+        (state.headers && !message.headers.is_empty()).then(|| wire::encode_headers(None, message.headers));
+    wire::put_message(out, subject, sid, reply.as_deref(), headers.as_deref(), message.payload);
     if let Some(remaining) = &mut sub.remaining {
         *remaining -= 1;
         if *remaining == 0 {

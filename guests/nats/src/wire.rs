@@ -251,7 +251,10 @@ pub fn parse_headers(block: &[u8]) -> Option<Vec<(&str, &str)>> {
 }
 
 /// Encode a header block, with an optional status (`503`).
-pub fn encode_headers(status: Option<&str>, headers: &[(String, String)]) -> Vec<u8> {
+pub fn encode_headers<'h>(
+    status: Option<&str>,
+    headers: impl IntoIterator<Item = (&'h str, &'h str)>,
+) -> Vec<u8> {
     let mut out = match status {
         Some(status) => format!("NATS/1.0 {status}\r\n"),
         None => "NATS/1.0\r\n".to_string(),
@@ -393,9 +396,9 @@ mod tests {
 
     #[test]
     fn headers_round_trip() {
-        let block = encode_headers(None, &[("A".into(), "1".into()), ("B".into(), "x y".into())]);
+        let block = encode_headers(None, [("A", "1"), ("B", "x y")]);
         assert_eq!(block, b"NATS/1.0\r\nA: 1\r\nB: x y\r\n\r\n");
         assert_eq!(parse_headers(&block).unwrap(), vec![("A", "1"), ("B", "x y")]);
-        assert_eq!(encode_headers(Some("503"), &[]), b"NATS/1.0 503\r\n\r\n");
+        assert_eq!(encode_headers(Some("503"), []), b"NATS/1.0 503\r\n\r\n");
     }
 }

@@ -20,10 +20,10 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
+use sandport_guest::delivery::Delivery;
 use sandport_guest::types::{
-    CloseReason, ConnectionInfo, Credentials, Delivery, FilterKind, Framing, KvCondition, KvScope,
-    KvSetOptions, NextFrame, ProbeResult, ProtocolInfo, Qos, RetainedHandling, StreamScan,
-    SubscribeOptionsParam,
+    CloseReason, ConnectionInfo, Credentials, FilterKind, Framing, KvCondition, KvScope, KvSetOptions,
+    NextFrame, ProbeResult, ProtocolInfo, Qos, RetainedHandling, StreamScan, SubscribeOptionsParam,
 };
 use sandport_guest::{Handler, host, message};
 use wire::Encoder;
@@ -186,10 +186,10 @@ impl Handler for Resp {
         sandport_guest::framed_by_guest()
     }
 
-    fn on_deliver(batch: Vec<Delivery>) {
+    fn on_deliver(batch: Vec<u8>) {
         let mut out = Vec::new();
         STATE.with_borrow(|state| {
-            for delivery in batch {
+            for delivery in sandport_guest::deliveries(&batch) {
                 deliver(state, &delivery, &mut out);
             }
         });
@@ -204,7 +204,7 @@ impl Handler for Resp {
 fn deliver(state: &State, delivery: &Delivery, out: &mut Vec<u8>) {
     let Some((family, subject)) = state.by_host_id.get(&delivery.subscription) else { return };
     let enc = state.encoder();
-    let channel = topic_channel(&delivery.message.topic);
+    let channel = topic_channel(delivery.message.topic);
     match family {
         Family::Pattern => {
             enc.push(out, 4);
@@ -221,7 +221,7 @@ fn deliver(state: &State, delivery: &Delivery, out: &mut Vec<u8>) {
         }
     }
     enc.bulk(out, &channel);
-    enc.bulk(out, &delivery.message.payload);
+    enc.bulk(out, delivery.message.payload);
 }
 
 /// Redis's arity error.

@@ -30,6 +30,29 @@ pub use sandport::protocol::host;
 /// Types shared with the host.
 pub use sandport::protocol::types;
 
+/// The deliveries of `on-deliver` and `take-deliveries`, read in place from
+/// their packed batch (`packed-deliveries` in the WIT).
+pub mod delivery {
+    pub use sandport_deliveries::{Deliveries, Delivery, HeaderIter, Headers, Message, Qos};
+}
+
+/// Read the deliveries of a packed batch: what `on-deliver` is given and
+/// `host::take_deliveries` returns. Each borrows its topic, payload and
+/// headers from `batch`.
+pub fn deliveries(batch: &[u8]) -> delivery::Deliveries<'_> {
+    delivery::Deliveries::new(batch)
+}
+
+impl From<delivery::Qos> for types::Qos {
+    fn from(qos: delivery::Qos) -> Self {
+        match qos {
+            delivery::Qos::AtMostOnce => types::Qos::AtMostOnce,
+            delivery::Qos::AtLeastOnce => types::Qos::AtLeastOnce,
+            delivery::Qos::ExactlyOnce => types::Qos::ExactlyOnce,
+        }
+    }
+}
+
 /// The frames of an `on-frames` call: `data` split at `ends`. A guest that
 /// gets bad ends (the host never sends them) sees the frames up to the first
 /// bad one.
@@ -92,8 +115,8 @@ pub fn put_decimal(out: &mut Vec<u8>, mut n: u64) {
 /// A message with only the fields most protocols set, borrowing its topic
 /// and payload (the host copies them when it takes the message); fill in the
 /// rest with struct update syntax.
-pub fn message<'a>(topic: &'a str, payload: &'a [u8]) -> types::MessageParam<'a> {
-    types::MessageParam {
+pub fn message<'a>(topic: &'a str, payload: &'a [u8]) -> types::Message<'a> {
+    types::Message {
         topic,
         payload,
         headers: &[],

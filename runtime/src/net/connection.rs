@@ -494,13 +494,13 @@ impl Connection {
             tracing::info!(peer = %self.peer, "closing: {MAX_UNACKED} deliveries unacknowledged");
             return Err(End::Kicked(Kick::SlowConsumer));
         }
-        let plans = self.guest.state_mut().plan_deliveries(batch);
-        // Borrowed from the routed messages: each is copied once, into the guest.
-        let views: Vec<_> =
-            plans.iter().zip(batch.iter()).map(|(plan, routed)| plan.view(&routed.message)).collect();
-        let delivered = if views.is_empty() { Ok(()) } else { Box::pin(self.guest.on_deliver(&views)).await };
-        drop(views);
+        // A buffer per batch rather than one kept per connection: an idle
+        // connection would keep its largest batch's buffer for its lifetime.
+        let mut packed = Vec::new();
+        self.guest.state_mut().pack_deliveries(batch, &mut packed);
         batch.clear();
+        let delivered =
+            if packed.is_empty() { Ok(()) } else { Box::pin(self.guest.on_deliver(packed)).await };
         self.after_call(delivered).await
     }
 

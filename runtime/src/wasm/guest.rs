@@ -7,7 +7,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use wasmtime::component::{ComponentExportIndex, Func, TypedFunc};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use crate::metrics::ProtocolMetrics;
@@ -15,7 +14,6 @@ use crate::wasm::bindings::types::{CloseReason, ConnectionInfo, ProbeResult, Pro
 use crate::wasm::bindings::{Protocol as World, ProtocolPre as WorldPre};
 use crate::wasm::cpu;
 use crate::wasm::state::{GuestState, Violation};
-use crate::wasm::views::DeliveryView;
 
 /// Longest trap description kept for logs.
 const MAX_FAULT_TEXT: usize = 512;
@@ -51,8 +49,6 @@ impl Fault {
 pub struct Guest {
     store: Store<GuestState>,
     world: World,
-    /// `on-deliver`, called with borrowed deliveries (see `views`).
-    on_deliver: Func,
     deadline_ticks: u32,
     poisoned: bool,
 }
@@ -73,7 +69,6 @@ impl Guest {
     pub async fn instantiate(
         engine: &Engine,
         pre: &WorldPre<GuestState>,
-        on_deliver: &ComponentExportIndex,
         state: GuestState,
         deadline_ticks: u32,
     ) -> Result<Self, Fault> {
@@ -89,15 +84,7 @@ impl Guest {
         });
         store.data_mut().ticks_left = deadline_ticks;
         store.set_epoch_deadline(1);
-        let instantiated = async {
-            let instance = pre.instance_pre().instantiate_async(&mut store).await?;
-            let world = World::new(&mut store, &instance)?;
-            let on_deliver = instance
-                .get_func(&mut store, on_deliver)
-                .ok_or_else(|| wasmtime::Error::msg("the component does not export handler.on-deliver"))?;
-            wasmtime::Result::Ok((world, on_deliver))
-        };
-        let (world, on_deliver) = match instantiated.await {
+        let world = match pre.instantiate_async(&mut store).await {
             Ok(found) => found,
             Err(e) => {
                 let fault = classify(&store, e);
@@ -107,7 +94,7 @@ impl Guest {
                 });
             }
         };
-        Ok(Self { store, world, on_deliver, deadline_ticks, poisoned: false })
+        Ok(Self { store, world, deadline_ticks, poisoned: false })
     }
 
     /// The store data: what the guest asked for, and its connection state.
@@ -179,23 +166,9 @@ impl Guest {
         call_export!(self.call_on_frames(data, ends))
     }
 
-    /// Check that `on-deliver` takes what [`DeliveryView`] lowers; done once
-    /// per component at load, so the calls can skip it.
-    pub fn check_on_deliver(&self) -> Result<(), String> {
-        self.on_deliver
-            .typed::<(&[DeliveryView<'_>],), ()>(&self.store)
-            .map(drop)
-            .map_err(|e| format!("{e:#}"))
-    }
-
-    /// `on-deliver`, with deliveries borrowed from the routed messages.
-    pub async fn on_deliver(&mut self, batch: &[DeliveryView<'_>]) -> Result<(), Fault> {
-        let sampled = self.begin_call()?;
-        // SAFETY: the function's type was checked against these parameters
-        // when the component was loaded (`check_on_deliver`).
-        let func = unsafe { TypedFunc::<(&[DeliveryView<'_>],), ()>::new_unchecked(self.on_deliver) };
-        let (result, cpu) = cpu::guest_time(func.call_async(&mut self.store, (batch,)), sampled).await;
-        self.end_call(cpu, result)
+    /// `on-deliver`: a batch of deliveries packed as `packed-deliveries`.
+    pub async fn on_deliver(&mut self, batch: Vec<u8>) -> Result<(), Fault> {
+        call_export!(self.call_on_deliver(&batch))
     }
 
     /// `on-timer`.

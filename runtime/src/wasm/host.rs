@@ -20,9 +20,9 @@ use crate::store::StoredMessage;
 use crate::topic;
 use crate::wasm::bindings::sandport::protocol::{host, types};
 use crate::wasm::bindings::types::{
-    ConnectionSummary, Credentials, Delivery, ErrorCode, FilterKind, HostError, KvCondition, KvScope,
-    KvSetOptions, LogLevel, Message, Principal, PublishOutcome, Qos, RetainedHandling, SessionInfo,
-    SessionOptions, SubscribeOptions, Will,
+    ConnectionSummary, Credentials, ErrorCode, FilterKind, HostError, KvCondition, KvScope, KvSetOptions,
+    LogLevel, Message, Principal, PublishOutcome, Qos, RetainedHandling, SessionInfo, SessionOptions,
+    SubscribeOptions, Will,
 };
 use crate::wasm::cpu::HostTime;
 use crate::wasm::state::{GuestState, OwnedSubscription, Violation};
@@ -304,16 +304,18 @@ impl host::Host for GuestState {
         }
     }
 
-    fn take_deliveries(&mut self, max: u32) -> wasmtime::Result<Vec<Delivery>> {
+    fn take_deliveries(&mut self, max: u32) -> wasmtime::Result<Vec<u8>> {
         let _timed = HostTime::enter();
         self.link()?;
         let max = (max as usize).min(MAX_TAKE);
-        let taken = match self.inbox.as_mut() {
+        let mut taken = match self.inbox.as_mut() {
             // Half the outbound buffer, as for `on-deliver` batches.
             Some(inbox) => inbox.try_take(max, self.env.limits.outbound_buffer_bytes / 2),
             None => Vec::new(),
         };
-        Ok(self.to_deliveries(taken))
+        let mut packed = Vec::new();
+        self.pack_deliveries(&mut taken, &mut packed);
+        Ok(packed)
     }
 
     fn ack(&mut self, delivery: u64) -> wasmtime::Result<Result<(), HostError>> {

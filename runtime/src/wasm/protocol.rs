@@ -10,7 +10,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use wasmtime::Engine;
-use wasmtime::component::{Component, ComponentExportIndex, HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, Linker};
 
 use crate::config::{Grants, Limits};
 use crate::kv::Kv;
@@ -95,8 +95,6 @@ pub struct Protocol {
     pub permits: Arc<Semaphore>,
     engine: Engine,
     pre: WorldPre<GuestState>,
-    /// Where each instance finds `handler.on-deliver`.
-    on_deliver: ComponentExportIndex,
     deadline_ticks: u32,
 }
 
@@ -179,9 +177,9 @@ impl Protocol {
         if !forbidden.is_empty() {
             return Err(LoadError::ForbiddenImport { protocol, path: path_buf, imports: forbidden });
         }
-        let Some(on_deliver) = world::on_deliver_export(engine, &component) else {
+        if !world::exports_handler(engine, &component) {
             return Err(LoadError::MissingExport { protocol, path: path_buf });
-        };
+        }
         let link_error = |e: wasmtime::Error| LoadError::Link {
             protocol: protocol.clone(),
             path: path_buf.clone(),
@@ -206,7 +204,6 @@ impl Protocol {
             imports: world::imports(engine, &component),
             engine: engine.clone(),
             pre,
-            on_deliver,
         };
         protocol.description = protocol.describe().await?;
         let known = &protocol.description.settings;
@@ -225,9 +222,6 @@ impl Protocol {
         let describe_error =
             |message: String| LoadError::Describe { protocol: self.env.name.to_string(), message };
         let mut guest = self.instantiate(0).await.map_err(|f| describe_error(f.to_string()))?;
-        guest
-            .check_on_deliver()
-            .map_err(|e| describe_error(format!("on-deliver does not take deliveries: {e}")))?;
         let info = guest.describe().await.map_err(|f| describe_error(f.to_string()))?;
         if info.name.is_empty() || info.name.len() > MAX_PROTOCOL_NAME {
             return Err(describe_error(format!("name must be 1 to {MAX_PROTOCOL_NAME} bytes")));
@@ -254,7 +248,6 @@ impl Protocol {
         Guest::instantiate(
             &self.engine,
             &self.pre,
-            &self.on_deliver,
             GuestState::new(self.env.clone(), connection),
             self.deadline_ticks,
         )

@@ -18,11 +18,11 @@ use crate::router::SubscriptionKey;
 use crate::sessions::Session;
 use crate::sessions::unix_now;
 use crate::store::Ticket;
-use crate::wasm::bindings::types::{Delivery, FilterKind, Qos, Will};
+use crate::wasm::bindings::types::{FilterKind, Qos, Will};
 use crate::wasm::engine::MAX_TABLE_ELEMENTS;
+use crate::wasm::packing::DeliveryPlan;
 use crate::wasm::protocol::ProtocolEnv;
 use crate::wasm::stdio::GuestOutput;
-use crate::wasm::views::DeliveryPlan;
 
 /// A rule the guest broke; raised as a trap that ends the connection.
 #[derive(Debug, thiserror::Error)]
@@ -194,12 +194,12 @@ impl GuestState {
 }
 
 impl GuestState {
-    /// Decide the deliveries of routed messages: drop what the access rules
-    /// forbid (acking it in the session), assign ids to at-least-once ones
-    /// outside a session, apply the QoS ceiling, and work out the expiry that
-    /// is left rather than the one published. `batch` keeps the allowed
-    /// messages, in order, one per plan.
-    pub fn plan_deliveries(&mut self, batch: &mut Vec<Routed>) -> Vec<DeliveryPlan> {
+    /// Pack the deliveries of routed messages into `packed` for the guest:
+    /// drop what the access rules forbid (acking it in the session), assign
+    /// ids to at-least-once ones outside a session, apply the QoS ceiling,
+    /// and work out the expiry that is left rather than the one published.
+    /// `batch` keeps the messages packed, in order.
+    pub fn pack_deliveries(&mut self, batch: &mut Vec<Routed>, packed: &mut Vec<u8>) {
         // Read the clock only if a message in the batch can expire.
         let mut now = None;
         let env = self.env.clone();
@@ -226,57 +226,34 @@ impl GuestState {
             }
             allowed
         });
-        let plans: Vec<DeliveryPlan> = batch
-            .iter()
-            .map(|routed| {
-                let id = match routed.delivery_id {
-                    Some(id) => Some(id),
-                    None if routed.qos != Qos::AtMostOnce => {
-                        let id = self.next_delivery_id;
-                        self.next_delivery_id += 1;
-                        self.unacked.insert(id);
-                        Some(id)
-                    }
-                    None => None,
-                };
-                let expiry_secs = routed.message.message.expiry_secs.map(|secs| {
-                    let waited = now.get_or_insert_with(unix_now).saturating_sub(routed.message.published_at);
-                    secs.saturating_sub(u32::try_from(waited).unwrap_or(u32::MAX)).max(1)
-                });
-                DeliveryPlan {
-                    subscription: routed.subscription,
-                    id,
-                    qos: routed.qos,
-                    expiry_secs,
-                    from_retained: routed.from_retained,
-                    redelivered: routed.redelivered,
+        for routed in batch.iter() {
+            let id = match routed.delivery_id {
+                Some(id) => Some(id),
+                None if routed.qos != Qos::AtMostOnce => {
+                    let id = self.next_delivery_id;
+                    self.next_delivery_id += 1;
+                    self.unacked.insert(id);
+                    Some(id)
                 }
-            })
-            .collect();
-        env.metrics.deliveries_out.fetch_add(plans.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        plans
-    }
-
-    /// Owned deliveries, for `take-deliveries` (which returns them).
-    pub fn to_deliveries(&mut self, batch: impl IntoIterator<Item = Routed>) -> Vec<Delivery> {
-        let mut batch: Vec<Routed> = batch.into_iter().collect();
-        let plans = self.plan_deliveries(&mut batch);
-        batch
-            .into_iter()
-            .zip(plans)
-            .map(|(routed, plan)| {
-                let mut message = Arc::unwrap_or_clone(routed.message).message;
-                message.qos = plan.qos;
-                message.expiry_secs = plan.expiry_secs;
-                Delivery {
-                    subscription: plan.subscription,
-                    id: plan.id,
-                    message,
-                    from_retained: plan.from_retained,
-                    redelivered: plan.redelivered,
-                }
-            })
-            .collect()
+                None => None,
+            };
+            let expiry_secs = routed.message.message.expiry_secs.map(|secs| {
+                let waited = now.get_or_insert_with(unix_now).saturating_sub(routed.message.published_at);
+                secs.saturating_sub(u32::try_from(waited).unwrap_or(u32::MAX)).max(1)
+            });
+            let plan = DeliveryPlan {
+                subscription: routed.subscription,
+                id,
+                qos: routed.qos,
+                expiry_secs,
+                from_retained: routed.from_retained,
+                redelivered: routed.redelivered,
+            };
+            if let Err(e) = plan.pack(&routed.message, packed) {
+                tracing::error!(protocol = %env.name, topic = %routed.message.message.topic, "delivery dropped: {e}");
+            }
+        }
+        env.metrics.deliveries_out.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -6,7 +6,7 @@
 //! outside the world is refused at load with the offending import named.
 
 use wasmtime::Engine;
-use wasmtime::component::{Component, ComponentExportIndex};
+use wasmtime::component::Component;
 
 /// Interfaces a guest may import, without their `@version` suffix.
 ///
@@ -56,17 +56,10 @@ pub fn forbidden_imports(engine: &Engine, component: &Component) -> Vec<String> 
         .collect()
 }
 
-/// The handler interface's export name in `component` (with its version).
-fn handler_export_name(engine: &Engine, component: &Component) -> Option<String> {
+/// Whether `component` exports the handler interface (in any 0.x version);
+/// whether it fits the world is checked when it is linked.
+pub fn exports_handler(engine: &Engine, component: &Component) -> bool {
     let component_type = component.component_type();
     let mut exports = component_type.exports(engine);
-    exports.find(|(name, _)| unversioned(name) == HANDLER_EXPORT).map(|(name, _)| name.to_string())
-}
-
-/// `handler.on-deliver` of `component` (the handler interface in any 0.x
-/// version), found once at load so that each instance fetches it by index;
-/// `None` when the component does not export the handler.
-pub fn on_deliver_export(engine: &Engine, component: &Component) -> Option<ComponentExportIndex> {
-    let handler = component.get_export_index(None, &handler_export_name(engine, component)?)?;
-    component.get_export_index(Some(&handler), "on-deliver")
+    exports.any(|(name, _)| unversioned(name) == HANDLER_EXPORT)
 }

@@ -1,0 +1,161 @@
+//! Reading packed deliveries in place: the guest's side of the layout.
+
+use core::str;
+
+use crate::{
+    Delivery, FROM_RETAINED, HAS_CONTENT_TYPE, HAS_CORRELATION, HAS_EXPIRY, HAS_ID, HAS_REPLY_TO, Headers,
+    KNOWN_FLAGS, Message, QOS_MASK, QOS_SHIFT, Qos, REDELIVERED, RETAIN, UTF8_PAYLOAD,
+};
+
+/// The deliveries of a packed batch, read in place.
+///
+/// The host packs only well-formed batches. Should a batch be malformed (a
+/// length past the end, a string that is not UTF-8, an unknown flag), the
+/// iteration ends at the delivery that is, and [`Deliveries::malformed`]
+/// says so.
+#[derive(Debug, Clone)]
+pub struct Deliveries<'a> {
+    rest: &'a [u8],
+    malformed: bool,
+}
+
+impl<'a> Deliveries<'a> {
+    /// Read the packed `batch`.
+    pub fn new(batch: &'a [u8]) -> Self {
+        Deliveries { rest: batch, malformed: false }
+    }
+
+    /// Whether the iteration stopped at a malformed delivery.
+    pub fn malformed(&self) -> bool {
+        self.malformed
+    }
+
+    fn read(&mut self) -> Option<Delivery<'a>> {
+        let mut reader = Reader(self.rest);
+        let subscription = reader.u32()?;
+        let flags = reader.u32()?;
+        if flags & !KNOWN_FLAGS != 0 {
+            return None;
+        }
+        let id = reader.u64()?;
+        let expiry_secs = reader.u32()?;
+        let [topic, payload, reply_to, correlation, content_type, header_count] =
+            [reader.u32()?, reader.u32()?, reader.u32()?, reader.u32()?, reader.u32()?, reader.u32()?];
+        let topic = reader.str(topic)?;
+        let payload = reader.bytes(payload)?;
+        let reply_to = reader.str(reply_to)?;
+        let correlation = reader.bytes(correlation)?;
+        let content_type = reader.str(content_type)?;
+        let headers_start = reader.0;
+        for _ in 0..header_count {
+            reader.sized_str()?;
+            reader.sized_str()?;
+        }
+        let packed = &headers_start[..headers_start.len() - reader.0.len()];
+        let qos = match (flags & QOS_MASK) >> QOS_SHIFT {
+            0 => Qos::AtMostOnce,
+            1 => Qos::AtLeastOnce,
+            2 => Qos::ExactlyOnce,
+            _ => return None,
+        };
+        let set = |flag: u32| flags & flag != 0;
+        self.rest = reader.0;
+        Some(Delivery {
+            subscription,
+            id: set(HAS_ID).then_some(id),
+            message: Message {
+                topic,
+                payload,
+                headers: Headers { count: header_count, packed },
+                reply_to: set(HAS_REPLY_TO).then_some(reply_to),
+                correlation: set(HAS_CORRELATION).then_some(correlation),
+                content_type: set(HAS_CONTENT_TYPE).then_some(content_type),
+                utf8_payload: set(UTF8_PAYLOAD),
+                expiry_secs: set(HAS_EXPIRY).then_some(expiry_secs),
+                retain: set(RETAIN),
+                qos,
+            },
+            from_retained: set(FROM_RETAINED),
+            redelivered: set(REDELIVERED),
+        })
+    }
+}
+
+impl<'a> Iterator for Deliveries<'a> {
+    type Item = Delivery<'a>;
+
+    fn next(&mut self) -> Option<Delivery<'a>> {
+        if self.rest.is_empty() || self.malformed {
+            return None;
+        }
+        let delivery = self.read();
+        if delivery.is_none() {
+            self.malformed = true;
+        }
+        delivery
+    }
+}
+
+/// Reads fields off the front of a slice.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, len: u32) -> Option<&'a [u8]> {
+        let (bytes, rest) = self.0.split_at_checked(len as usize)?;
+        self.0 = rest;
+        Some(bytes)
+    }
+
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (bytes, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*bytes)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        self.array().map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        self.array().map(u64::from_le_bytes)
+    }
+
+    fn str(&mut self, len: u32) -> Option<&'a str> {
+        str::from_utf8(self.bytes(len)?).ok()
+    }
+
+    fn sized_str(&mut self) -> Option<&'a str> {
+        let len = self.u32()?;
+        self.str(len)
+    }
+}
+
+/// Iterator over [`Headers`].
+#[derive(Debug, Clone)]
+pub struct HeaderIter<'a> {
+    pub(crate) left: u32,
+    pub(crate) rest: &'a [u8],
+}
+
+impl<'a> Iterator for HeaderIter<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let mut reader = Reader(self.rest);
+        // Checked when the delivery was read, so this cannot fail.
+        let name = reader.sized_str()?;
+        let value = reader.sized_str()?;
+        self.rest = reader.0;
+        Some((name, value))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left as usize, Some(self.left as usize))
+    }
+}
+
+impl ExactSizeIterator for HeaderIter<'_> {}
