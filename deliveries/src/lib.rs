@@ -17,6 +17,8 @@
 
 extern crate alloc;
 
+#[doc(hidden)]
+pub mod fuzzing;
 mod pack;
 mod read;
 

@@ -10,9 +10,10 @@ use crate::{
 /// The deliveries of a packed batch, read in place.
 ///
 /// The host packs only well-formed batches. Should a batch be malformed (a
-/// length past the end, a string that is not UTF-8, an unknown flag), the
-/// iteration ends at the delivery that is, and [`Deliveries::malformed`]
-/// says so.
+/// length past the end, a string that is not UTF-8, an unknown flag, a
+/// value for a field its flag says is absent), the iteration ends at the
+/// delivery that is, and [`Deliveries::malformed`] says so. So every
+/// delivery read packs back to exactly the bytes it was read from.
 #[derive(Debug, Clone)]
 pub struct Deliveries<'a> {
     rest: &'a [u8],
@@ -28,6 +29,12 @@ impl<'a> Deliveries<'a> {
     /// Whether the iteration stopped at a malformed delivery.
     pub fn malformed(&self) -> bool {
         self.malformed
+    }
+
+    /// The bytes not read yet: empty once every delivery was read, the
+    /// malformed delivery and what follows it otherwise.
+    pub fn unread(&self) -> &'a [u8] {
+        self.rest
     }
 
     fn read(&mut self) -> Option<Delivery<'a>> {
@@ -59,6 +66,15 @@ impl<'a> Deliveries<'a> {
             _ => return None,
         };
         let set = |flag: u32| flags & flag != 0;
+        // Absent fields are packed as zeros.
+        let absent_but_given = (!set(HAS_ID) && id != 0)
+            || (!set(HAS_EXPIRY) && expiry_secs != 0)
+            || (!set(HAS_REPLY_TO) && !reply_to.is_empty())
+            || (!set(HAS_CORRELATION) && !correlation.is_empty())
+            || (!set(HAS_CONTENT_TYPE) && !content_type.is_empty());
+        if absent_but_given {
+            return None;
+        }
         self.rest = reader.0;
         Some(Delivery {
             subscription,

@@ -85,6 +85,8 @@ fn deliveries_come_back_as_they_were_packed() {
         same(read, packed);
     }
     assert!(!deliveries.malformed());
+    assert!(deliveries.unread().is_empty());
+    super::fuzzing::batch(&batch);
 }
 
 #[test]
@@ -143,6 +145,20 @@ fn malformed_deliveries_are_refused() {
     refused(&|b| b[FIXED_BYTES] = 0xff, "topic not UTF-8");
     refused(&|b| b[20..24].copy_from_slice(&u32::MAX.to_le_bytes()), "topic past the end");
     refused(&|b| b[40..44].copy_from_slice(&4u32.to_le_bytes()), "more headers than packed");
+    let mut plain_batch = Vec::new();
+    pack(&mut plain_batch, &plain("t", b"")).unwrap();
+    for (at, why) in [
+        (8, "an id without its flag"),
+        (16, "an expiry without its flag"),
+        (28, "a reply-to length without its flag"),
+    ] {
+        let mut batch = plain_batch.clone();
+        batch[at] = 1;
+        let mut deliveries = Deliveries::new(&batch);
+        assert_eq!(deliveries.next(), None, "{why}");
+        assert!(deliveries.malformed(), "{why}");
+        assert_eq!(deliveries.unread(), &batch[..], "{why}: nothing read");
+    }
     let last_value = good.len() - 1;
     refused(&|b| b[last_value] = 0xc3, "header value not UTF-8");
 }

@@ -112,3 +112,33 @@ fn resp_stream() {
         sandport_guest_resp::fuzzing::stream,
     );
 }
+
+#[test]
+fn deliveries_batch() {
+    use sandport_deliveries::{Delivery, Message, Qos, pack};
+    let headers: &[(&str, &str)] = &[("name", "value"), ("name", "")];
+    let delivery = |id, qos, headers: &'static [(&'static str, &'static str)]| Delivery {
+        subscription: 3,
+        id,
+        message: Message {
+            topic: "a/b",
+            payload: b"payload",
+            headers,
+            reply_to: id.map(|_| "replies/1"),
+            correlation: id.map(|_| &b"\x00\x01"[..]),
+            content_type: None,
+            utf8_payload: id.is_some(),
+            expiry_secs: id.map(|_| 30),
+            retain: false,
+            qos,
+        },
+        from_retained: false,
+        redelivered: id.is_some(),
+    };
+    let mut plain = Vec::new();
+    pack(&mut plain, &delivery(None, Qos::AtMostOnce, &[])).unwrap();
+    let mut full = Vec::new();
+    pack(&mut full, &delivery(Some(7), Qos::ExactlyOnce, headers)).unwrap();
+    let two = [plain.clone(), full.clone()].concat();
+    smoke(&[&plain, &full, &two], sandport_deliveries::fuzzing::batch);
+}
