@@ -20,7 +20,7 @@ use crate::sessions::unix_now;
 use crate::store::Ticket;
 use crate::wasm::bindings::types::{FilterKind, Qos, Will};
 use crate::wasm::engine::MAX_TABLE_ELEMENTS;
-use crate::wasm::packing::DeliveryPlan;
+use crate::wasm::packing::pack_routed;
 use crate::wasm::protocol::ProtocolEnv;
 use crate::wasm::stdio::GuestOutput;
 
@@ -241,15 +241,7 @@ impl GuestState {
                 let waited = now.get_or_insert_with(unix_now).saturating_sub(routed.message.published_at);
                 secs.saturating_sub(u32::try_from(waited).unwrap_or(u32::MAX)).max(1)
             });
-            let plan = DeliveryPlan {
-                subscription: routed.subscription,
-                id,
-                qos: routed.qos,
-                expiry_secs,
-                from_retained: routed.from_retained,
-                redelivered: routed.redelivered,
-            };
-            if let Err(e) = plan.pack(&routed.message, packed) {
+            if let Err(e) = pack_routed(routed, id, expiry_secs, packed) {
                 tracing::error!(protocol = %env.name, topic = %routed.message.message.topic, "delivery dropped: {e}");
             }
         }
