@@ -24,6 +24,7 @@ use crate::net::tls::{self, TlsSetupError};
 use crate::retained::Retained;
 use crate::router::Router;
 use crate::sessions::{QueueSettings, Sessions, unix_now};
+use crate::signals::ShutdownSignals;
 use crate::store::{Snapshot, Store, StoreError};
 use crate::wasm::breaker::Breaker;
 use crate::wasm::engine::{EpochClock, MAX_FIBER_STACKS, PoolSize, build_engine};
@@ -266,9 +267,9 @@ impl Broker {
         &self.core
     }
 
-    /// Run until SIGINT or SIGTERM, then shut down.
-    pub async fn run_until_signal(self) {
-        wait_for_signal().await;
+    /// Run until one of `signals` arrives, then shut down.
+    pub async fn run_until_signal(self, mut signals: ShutdownSignals) {
+        signals.recv().await;
         tracing::info!("shutdown requested");
         self.shutdown().await;
     }
@@ -339,28 +340,5 @@ async fn sweep_expired(
             }
             _ = shutdown.cancelled() => return,
         }
-    }
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

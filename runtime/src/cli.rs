@@ -10,6 +10,7 @@ use crate::broker::Broker;
 use crate::config::{Config, Grants, Limits};
 use crate::kv::Kv;
 use crate::metrics::ProtocolMetrics;
+use crate::signals::ShutdownSignals;
 use crate::store::Store;
 use crate::wasm::breaker::Breaker;
 use crate::wasm::engine::{PoolSize, build_engine};
@@ -68,9 +69,17 @@ async fn run(config_path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Before binding: a signal sent once the broker listens must find its handler.
+    let signals = match ShutdownSignals::install() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match Broker::start(&config).await {
         Ok(broker) => {
-            broker.run_until_signal().await;
+            broker.run_until_signal(signals).await;
             ExitCode::SUCCESS
         }
         Err(e) => {

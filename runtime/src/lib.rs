@@ -18,6 +18,7 @@ pub mod registry;
 pub mod retained;
 pub mod router;
 pub mod sessions;
+pub mod signals;
 pub mod store;
 pub mod topic;
 pub mod wasm;

@@ -157,10 +157,10 @@ async fn shipped_config_is_valid() {
     assert!(config.protocols.contains_key("mqtt") && config.protocols.contains_key("echo"));
 }
 
-#[tokio::test]
-async fn sigterm_shuts_down_gracefully() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("run.toml");
+/// Start `sandport run` on the echo config; return it with the address of
+/// its first listener, read from the "listening" line on stderr.
+async fn run_broker(dir: &Path) -> (tokio::process::Child, std::net::SocketAddr) {
+    let path = dir.join("run.toml");
     std::fs::write(&path, with_guest_paths(GOOD)).unwrap();
     let mut child = Command::new(sandport_bin())
         .args(["run", "--config", &path_str(&path)])
@@ -179,15 +179,39 @@ async fn sigterm_shuts_down_gracefully() {
     })
     .await
     .expect("listening in time");
+    // Keep draining stderr so the broker never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
 
-    let mut client = LineClient::connect(addr).await;
-    assert_eq!(client.ask("PING").await, "PONG");
-
+async fn terminate_and_wait(child: &mut tokio::process::Child) -> std::process::ExitStatus {
     let pid = child.id().unwrap().to_string();
     let (ok, _, _) = sandport_tests::run_tool("kill", &["-TERM", &pid]).await;
     assert!(ok);
-    // The open connection is closed by the shutdown, and the process exits 0.
+    tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = run_broker(dir.path()).await;
+    let mut client = LineClient::connect(addr).await;
+    assert_eq!(client.ask("PING").await, "PONG");
+
+    let status = terminate_and_wait(&mut child).await;
+    // The open connection was closed by the shutdown, and the process exited 0.
     assert!(client.expect_closed().await.is_empty());
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// A supervisor may signal as soon as the broker says it listens; the
+/// handler must already be there, or the default action kills the process.
+#[tokio::test]
+async fn sigterm_right_after_listening_is_graceful() {
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut child, _) = run_broker(dir.path()).await;
+        let status = terminate_and_wait(&mut child).await;
+        assert!(status.success(), "{status:?}");
+    }
 }
