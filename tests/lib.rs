@@ -239,6 +239,26 @@ impl BrokerProcess {
         kib * 1024
     }
 
+    /// Number of file descriptors the broker process holds open (its
+    /// sockets among them).
+    pub fn open_files(&self) -> usize {
+        let pid = self.child.id().expect("running");
+        std::fs::read_dir(format!("/proc/{pid}/fd")).expect("/proc fd").count()
+    }
+
+    /// Wait until the broker holds at most `count` file descriptors.
+    pub async fn wait_open_files_at_most(&self, count: usize) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.open_files() > count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the broker still holds {} descriptors (wanted at most {count})",
+                self.open_files()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGKILL: no shutdown work at all.
     pub async fn kill(mut self) {
         self.child.kill().await.expect("kill");
@@ -276,6 +296,12 @@ impl LineClient {
     /// Send raw bytes.
     pub async fn send(&mut self, bytes: &[u8]) {
         self.writer.write_all(bytes).await.expect("write");
+    }
+
+    /// Send `bytes`; a connection the broker already closed is an error,
+    /// not a panic.
+    pub async fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(bytes).await
     }
 
     /// Send one line (a `\n` is appended).

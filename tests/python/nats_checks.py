@@ -60,8 +60,13 @@ async def queue_groups(port):
     for i in range(10):
         await nc.publish("work", str(i).encode())
     await nc.flush()
-    await asyncio.sleep(0.3)
-    counts = (one.pending_msgs, two.pending_msgs, plain.pending_msgs)
+    counts = lambda: (one.pending_msgs, two.pending_msgs, plain.pending_msgs)
+    for _ in range(TIMEOUT * 20):
+        if counts()[0] + counts()[1] >= 10 and counts()[2] >= 10:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.1)  # room for a wrong extra copy to show
+    counts = counts()
     assert counts[0] + counts[1] == 10 and counts[0] > 0 and counts[1] > 0, counts
     assert counts[2] == 10, counts
     await nc.close()

@@ -22,6 +22,15 @@ def wait_message(pubsub, timeout=5):
     raise AssertionError("no message")
 
 
+def wait_until(condition, what, timeout=5):
+    """Poll `condition` until it holds; the broker acts on another connection."""
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
 def keys(port):
     r = client(port)
     assert r.ping() is True
@@ -79,7 +88,8 @@ def pubsub(port):
     assert publisher.pubsub_numpat() == 1
     sub.unsubscribe("news")
     sub.punsubscribe()
-    time.sleep(0.2)
+    wait_until(lambda: publisher.pubsub_numsub("news") == [(b"news", 0)] and publisher.pubsub_numpat() == 0,
+               "the unsubscriptions")
     assert publisher.publish("news", "gone") == 0
 
 
@@ -123,9 +133,7 @@ def clients(port):
     assert "alpha" in names, names
     assert a.client_kill_filter(_id=b_id) == 1
     # redis-py reconnects by itself; the killed connection is gone from the list.
-    time.sleep(0.2)
-    ids = [int(c["id"]) for c in a.client_list()]
-    assert b_id not in ids, (b_id, ids)
+    wait_until(lambda: b_id not in [int(c["id"]) for c in a.client_list()], "the killed client to leave the list")
     assert a.client_kill_filter(_id=b_id) == 0
 
 

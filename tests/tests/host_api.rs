@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use sandport_tests::{LineClient, TestBroker};
+use sandport_tests::{LineClient, TestBroker, WAIT};
 
 const CONFIG: &str = r#"
     [[listeners]]
@@ -69,9 +69,16 @@ async fn connections_are_named_listed_and_closed_on_request() {
     assert_eq!(admin.ask(&format!("KILL {victim_id}")).await, "+OK");
     assert!(victim.expect_closed().await.is_empty());
     assert!(admin.ask("KILL 999999").await.starts_with("-ERR"));
-    // The victim is gone from the list.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(admin.ask("LIST").await, format!("{admin_id}:-"));
+    // The victim leaves the list once its task has ended.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let listed = admin.ask("LIST").await;
+        if listed == format!("{admin_id}:-") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still listed: {listed}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     broker.shutdown().await;
 }
 

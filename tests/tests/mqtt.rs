@@ -294,11 +294,12 @@ async fn connections_that_replace_closed_ones_cost_no_more_memory() {
         clients
     };
     let before = broker.resident_bytes();
+    let files_before = broker.open_files();
     let first = open("first").await;
     let first_cost = broker.resident_bytes().saturating_sub(before);
     drop(first);
-    // Let the broker see the closes and free the instances.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The broker has seen the closes (and freed the instances) once their sockets are gone.
+    broker.wait_open_files_at_most(files_before).await;
     let second = open("second").await;
     let second_cost = broker.resident_bytes().saturating_sub(before);
     assert!(first_cost > 0);
