@@ -158,6 +158,25 @@ async fn answers_like_nats_server() {
             b"SUB q.> 1\r\nSUB q.> 2\r\nUNSUB 2\r\nPUB q.a 1\r\nx\r\nPING\r\n",
         ],
         &[b"CONNECT {bad json\r\n"],
+        // Before CONNECT: nats-server's defaults (verbose, pedantic).
+        &[b"SUB foo 1\r\nPUB foo.* 1\r\nx\r\nPING\r\n"],
+        // Not pedantic: publish subjects are not checked.
+        &[
+            b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n",
+            b"PUB foo..bar 1\r\na\r\nPUB b.* 1\r\nb\r\nPING\r\n",
+        ],
+        // Operations that take arguments, sent bare.
+        &[b"CONNECT {}\r\n", b"PUB\r\n"],
+        &[b"CONNECT {}\r\n", b"UNSUB\r\n"],
+        // An empty header block is no header block.
+        &[b"CONNECT {\"verbose\":false,\"headers\":true}\r\n", b"SUB h 1\r\nHPUB h 0 2\r\nhi\r\nPING\r\n"],
+        // A sid already in use keeps its subscription.
+        &[
+            b"CONNECT {\"verbose\":false}\r\n",
+            b"SUB a 1\r\nSUB b 1\r\nPUB a 1\r\nx\r\nPUB b 1\r\ny\r\nPING\r\n",
+        ],
+        // `+` and `#` are ordinary subject characters in NATS.
+        &[b"CONNECT {\"verbose\":false}\r\n", b"SUB c++.#.> 1\r\nPUB c++.#.x 1\r\nz\r\nPING\r\n"],
         // Operations split anywhere across writes: in a verb, a payload,
         // between CR and LF.
         &[

@@ -40,6 +40,7 @@ const MAX_PINGS_OUT: u32 = 2;
 #[serde(default)]
 struct Connect {
     verbose: bool,
+    pedantic: bool,
     echo: bool,
     headers: bool,
     no_responders: bool,
@@ -53,6 +54,7 @@ impl Default for Connect {
     fn default() -> Self {
         Connect {
             verbose: true,
+            pedantic: true,
             echo: true,
             headers: false,
             no_responders: false,
@@ -80,6 +82,8 @@ struct Sub {
 struct State {
     max_payload: usize,
     verbose: bool,
+    /// Whether publish subjects are checked (nats-server's `pedantic`).
+    pedantic: bool,
     echo: bool,
     headers: bool,
     no_responders: bool,
@@ -163,8 +167,12 @@ impl Handler for Nats {
         let max_payload =
             (info.max_frame_bytes as usize).saturating_sub(wire::MAX_CONTROL_LINE + 2).max(1024);
         STATE.with_borrow_mut(|s| {
+            let defaults = Connect::default();
             s.max_payload = max_payload;
-            s.echo = true;
+            // What nats-server assumes until CONNECT says otherwise.
+            s.verbose = defaults.verbose;
+            s.pedantic = defaults.pedantic;
+            s.echo = defaults.echo;
         });
         let ip = info.peer.rsplit_once(':').map_or(info.peer.as_str(), |(ip, _)| ip);
         let (host_addr, port) = info.local.rsplit_once(':').unwrap_or((info.local.as_str(), "0"));
@@ -247,6 +255,7 @@ fn handle(state: &mut State, op: Result<Op<'_>, ParseError>, out: &mut Vec<u8>) 
                 host::set_connection_name(Some(name));
             }
             state.verbose = connect.verbose;
+            state.pedantic = connect.pedantic;
             state.echo = connect.echo;
             state.headers = connect.headers;
             state.no_responders = connect.no_responders && connect.headers;
@@ -288,12 +297,16 @@ fn publish(
     payload: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
-    let topic = subject::to_topic(subject, false).map_err(|_| "Invalid Publish Subject".to_string())?;
-    let reply_topic = match reply {
-        Some(reply) => {
-            Some(subject::to_topic(reply, false).map_err(|_| "Invalid Publish Subject".to_string())?)
-        }
-        None => None,
+    let topics = subject::to_topic(subject, false)
+        .and_then(|topic| Ok((topic, reply.map(|r| subject::to_topic(r, false)).transpose()?)));
+    let (topic, reply_topic) = match topics {
+        Ok(topics) => topics,
+        Err(_) if state.pedantic => return Err("Invalid Publish Subject".into()),
+        // nats-server takes such a subject unchecked unless pedantic, and
+        // nats-py closes its connection on any other -ERR. A subject that is
+        // no topic cannot be routed, so the message goes nowhere (nats-server
+        // would hand `a.*` to the subscriptions `a.*` and `>`).
+        Err(_) => return Ok(()),
     };
     let header_list = match headers {
         Some(block) => wire::parse_headers(block).ok_or_else(|| "Invalid Header".to_string())?,
@@ -341,9 +354,9 @@ fn subscribe(state: &mut State, subject: &str, queue: Option<&str>, sid: &str) -
         no_local: !state.echo,
         retained: RetainedHandling::Skip,
     };
-    if let Some(old) = state.subs.remove(sid) {
-        state.by_host_id.remove(&old.host_id);
-        let _ = host::unsubscribe(old.host_id);
+    // nats-server keeps the subscription a sid already names.
+    if state.subs.contains_key(sid) {
+        return Ok(());
     }
     match host::subscribe(&filter, options) {
         Ok(host_id) => {

@@ -1,39 +1,57 @@
 //! NATS subjects and canonical topics.
 //!
 //! Tokens separated by `.` become levels separated by `/`; `*` becomes `+`
-//! and `>` becomes `#`. A `/` or `%` inside a token is percent-escaped
-//! (`%2F`, `%25`) so that `a/b.c` and `a.b.c` stay different topics. Going
-//! back, levels are joined with `.` and the escapes undone. Edge cases,
-//! documented for users of several protocols: a level containing `.` (an
-//! MQTT topic `v1.2/x`) appears to NATS as extra tokens (`v1.2.x`); a NATS
-//! `>` needs at least one more token, while MQTT's `#` also matches its
-//! parent, which the guest filters out on delivery.
+//! and `>` becomes `#`. A `/`, `%`, `+` or `#` inside a token is
+//! percent-escaped (`%2F`, `%25`, `%2B`, `%23`) so that `a/b.c` and `a.b.c`
+//! stay different topics and a literal `+` or `#` (legal in NATS) is no
+//! wildcard; the RESP guest escapes channels the same way, so a NATS subject
+//! `a+b` and a Redis channel `a+b` are one topic. Going back, levels are
+//! joined with `.` and the escapes undone. Edge cases, documented for users
+//! of several protocols: a level containing `.` (an MQTT topic `v1.2/x`)
+//! appears to NATS as extra tokens (`v1.2.x`); a NATS `>` needs at least one
+//! more token, while MQTT's `#` also matches its parent, which the guest
+//! filters out on delivery.
 
 /// Why a subject is refused.
 pub type SubjectError = &'static str;
 
-/// Append `token` with `%` and `/` percent-escaped.
+/// Characters a token may hold that a canonical topic level may not, with
+/// their escapes.
+const ESCAPES: [(char, &str); 4] = [('%', "%25"), ('/', "%2F"), ('+', "%2B"), ('#', "%23")];
+
+/// Append `token` with the characters of [`ESCAPES`] percent-escaped.
 fn escape_into(topic: &mut String, token: &str) {
-    if !token.contains(['%', '/']) {
+    if !token.contains(['%', '/', '+', '#']) {
         topic.push_str(token);
         return;
     }
     for c in token.chars() {
-        match c {
-            '%' => topic.push_str("%25"),
-            '/' => topic.push_str("%2F"),
-            c => topic.push(c),
+        match ESCAPES.iter().find(|(raw, _)| *raw == c) {
+            Some((_, escaped)) => topic.push_str(escaped),
+            None => topic.push(c),
         }
     }
 }
 
-/// Append `level` with the escapes of [`escape_into`] undone.
+/// Append `level` with the escapes of [`escape_into`] undone, in one pass
+/// (so an escape's output is never read as the start of another).
 fn unescape_into(subject: &mut String, level: &str) {
-    if !level.contains('%') {
-        subject.push_str(level);
-        return;
+    let mut rest = level;
+    while let Some(at) = rest.find('%') {
+        subject.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        match ESCAPES.iter().find(|(_, escaped)| tail.starts_with(escaped)) {
+            Some((raw, escaped)) => {
+                subject.push(*raw);
+                rest = &tail[escaped.len()..];
+            }
+            None => {
+                subject.push('%');
+                rest = &tail[1..];
+            }
+        }
     }
-    subject.push_str(&level.replace("%2F", "/").replace("%25", "%"));
+    subject.push_str(rest);
 }
 
 /// Check a subject (or, with `wildcards`, a subscription subject) and
@@ -61,8 +79,6 @@ pub fn to_topic(subject: &str, wildcards: bool) -> Result<String, SubjectError> 
             ">" if wildcards && last => topic.push('#'),
             ">" if wildcards => return Err("misplaced wildcard"),
             "*" | ">" => return Err("wildcards in a publish subject"),
-            // Canonical topics reserve these for wildcards.
-            _ if token.contains(['+', '#']) => return Err("'+' and '#' are not allowed in subjects here"),
             _ => escape_into(&mut topic, token),
         }
     }
@@ -134,6 +150,10 @@ mod tests {
         assert_eq!(to_topic("orders.>", true).unwrap(), "orders/#");
         assert_eq!(to_topic("a/b.c", false).unwrap(), "a%2Fb/c");
         assert_eq!(from_topic("a%2Fb/c"), "a/b.c");
+        // Legal in NATS, wildcards in topics: escaped like RESP channels.
+        assert_eq!(to_topic("a+b.#.c%", false).unwrap(), "a%2Bb/%23/c%25");
+        assert_eq!(to_topic("+.*", true).unwrap(), "%2B/+");
+        assert_eq!(from_topic("a%2Bb/%23/c%25"), "a+b.#.c%");
         assert_eq!(from_topic("orders/eu/42"), "orders.eu.42");
         assert!(to_topic("a..b", false).is_err());
         assert!(to_topic("a.>.b", true).is_err());
@@ -177,7 +197,6 @@ mod tests {
                         || token.contains(char::is_whitespace)
                         || *token == "*"
                         || *token == ">"
-                        || token.contains(['+', '#'])
                     {
                         ok = false;
                         break;
@@ -190,6 +209,16 @@ mod tests {
                 ok.then_some(topic)
             };
             assert_eq!(to_topic(subject, false).ok(), full, "{subject}");
+        }
+    }
+
+    #[test]
+    fn escapes_round_trip() {
+        // Literal escape texts in a subject must come back as themselves.
+        for subject in ["%2F", "%252F", "a%2Bb", "%23%", "%", "%%2", "a/b+c#d%e", "+", "#.x", "é%2B"] {
+            let topic = to_topic(subject, false).unwrap();
+            assert!(!topic.contains(['+', '#']), "{subject} -> {topic}");
+            assert_eq!(from_topic(&topic), subject, "via {topic}");
         }
     }
 

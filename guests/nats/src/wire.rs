@@ -81,11 +81,12 @@ impl<'a> Iterator for Frames<'a> {
             return Some(Err(ParseError::UnknownOperation));
         };
         let (headers, payload) = match header_size {
+            // nats-server takes an empty header block as none (a plain `MSG`).
+            Some(0) | None => (None, body),
             Some(header_size) => {
                 let (headers, payload) = body.split_at(header_size);
                 (Some(headers), payload)
             }
-            None => (None, body),
         };
         Some(Ok(Op::Pub { subject, reply, headers, payload }))
     }
@@ -185,6 +186,12 @@ fn read_line(line: &[u8], max_payload: usize) -> Result<Line<'_>, ParseError> {
         }
         None => "",
     };
+    // Sent bare, an operation that takes arguments is no operation at all
+    // to nats-server ("Unknown Protocol Operation"); malformed arguments
+    // close the connection without a word.
+    if op_end == line.len() && matches!(op, "PUB" | "HPUB" | "SUB" | "UNSUB") {
+        return Err(ParseError::UnknownOperation);
+    }
     let payload_size = |text: &str| {
         let size = decimal(text.as_bytes()).ok_or(ParseError::BadArguments)?;
         if size > max_payload {
@@ -367,6 +374,11 @@ mod tests {
             parse(b"HPUB a 12 14\r\nNATS/1.0\r\n\r\nhi\r\n", 100),
             Ok(Op::Pub { subject: "a", reply: None, headers: Some(b"NATS/1.0\r\n\r\n"), payload: b"hi" })
         );
+        assert_eq!(
+            parse(b"HPUB a 0 2\r\nhi\r\n", 10),
+            Ok(Op::Pub { subject: "a", reply: None, headers: None, payload: b"hi" }),
+            "an empty header block is none"
+        );
         assert_eq!(parse(b"SUB a.* q 7\r\n", 10), Ok(Op::Sub { subject: "a.*", queue: Some("q"), sid: "7" }));
         assert_eq!(parse(b"UNSUB 7 3\r\n", 10), Ok(Op::Unsub { sid: "7", max: Some(3) }));
         assert_eq!(parse(b"PUB a 20\r\n", 10), Err(ParseError::PayloadTooLarge));
@@ -378,7 +390,9 @@ mod tests {
         );
         assert_eq!(parse(b"PUB a 2\r\nhiX\r\n", 10), Err(ParseError::UnknownOperation));
         assert_eq!(parse(b"FOO\r\n", 10), Err(ParseError::UnknownOperation));
-        assert_eq!(parse(b"SUB\r\n", 10), Err(ParseError::BadArguments));
+        assert_eq!(parse(b"SUB\r\n", 10), Err(ParseError::UnknownOperation), "bare");
+        assert_eq!(parse(b"unsub\r\n", 10), Err(ParseError::UnknownOperation), "bare");
+        assert_eq!(parse(b"SUB \r\n", 10), Err(ParseError::BadArguments));
         assert_eq!(parse(b"PUB foo\r\n", 10), Err(ParseError::BadArguments));
     }
 
