@@ -169,6 +169,10 @@ async fn answers_like_redis_server() {
         // The commands before a malformed one are answered first.
         b"PING\r\n*2\r\n$4\r\nECHO\r\n$1\r\nx\r\n*1\r\n*1\r\n",
         b"SET a 1 EX 0\r\nSET a 1 EX\r\nSET a 1 BOGUS\r\n",
+        // Inline commands with quotes, as Redis splits them; then an unbalanced one.
+        b"ECHO \"hello world\"\r\nECHO 'it\\'s'\r\nECHO \"\\x41\\n\\q\"\r\nSET k\"ey\" \"\"\r\nGET key\r\nECHO \"open\r\nPING\r\n",
+        b"ECHO \"a\"b\r\n",
+        b"CLIENT SETNAME a b\r\nCLIENT SETNAME \"a\\nb\"\r\nCLIENT GETNAME x\r\nCLIENT KILL\r\nCLIENT ID 1\r\n",
     ];
     for input in sessions {
         let expected = converse(reference, false, &[input]).await;

@@ -10,13 +10,24 @@ const MAX_BULK: usize = 4096;
 /// Scan `data` into commands and split each into arguments.
 pub fn stream(data: &[u8]) {
     let mut frames = wire::Frames::new(data, MAX_BULK);
-    let mut args = Vec::new();
+    let mut args = wire::Args::default();
     let mut at = 0usize;
     while frames.next_command(&mut args) {
         let frame = &data[at..frames.handled()];
         assert!(!frame.is_empty(), "empty frame");
-        let inside = |arg: &&[u8]| frame.as_ptr_range().contains(&arg.as_ptr()) || arg.is_empty();
-        assert!(args.iter().all(inside), "arguments lie within their command");
+        let quoted = args.is_quoted();
+        args.with(|args| {
+            if quoted {
+                // Unescaping only shortens: every word is at most its line.
+                assert!(
+                    args.iter().all(|arg| arg.len() < frame.len()),
+                    "an unquoted word longer than its line"
+                );
+            } else {
+                let inside = |arg: &&[u8]| frame.as_ptr_range().contains(&arg.as_ptr()) || arg.is_empty();
+                assert!(args.iter().all(inside), "arguments lie within their command");
+            }
+        });
         at = frames.handled();
     }
     assert!(at <= data.len(), "commands beyond the buffer");

@@ -158,13 +158,13 @@ impl Handler for Resp {
         // Replies are usually shorter than their commands; a big command
         // (SET of a large value) must not double the guest's memory.
         let mut out = Vec::with_capacity(data.len().min(16 * 1024));
-        let mut args = Vec::new();
+        let mut args = wire::Args::default();
         let scan = STATE.with_borrow_mut(|state| {
             let mut frames = wire::Frames::new(&data, state.max_bulk);
             let mut count = 0;
             while frames.next_command(&mut args) {
                 count += 1;
-                if !args.is_empty() && !command(state, &args, &mut out) {
+                if !args.is_empty() && !args.with(|args| command(state, args, &mut out)) {
                     break;
                 }
             }
@@ -585,11 +585,12 @@ fn client(state: &mut State, args: &[&[u8]], out: &mut Vec<u8>) {
     match (sub.as_str(), args.len()) {
         ("ID", 2) => enc.integer(out, state.id as i64),
         ("SETNAME", 3) => {
-            let name = String::from_utf8_lossy(args[2]).into_owned();
-            if name.contains(' ') {
+            // Redis allows printable ASCII but the space.
+            if !args[2].iter().all(|b| (b'!'..=b'~').contains(b)) {
                 enc.error(out, "ERR Client names cannot contain spaces, newlines or special characters.");
                 return;
             }
+            let name = String::from_utf8_lossy(args[2]).into_owned();
             host::set_connection_name((!name.is_empty()).then_some(name.as_str()));
             state.name = (!name.is_empty()).then_some(name);
             enc.simple(out, "OK");
@@ -628,6 +629,10 @@ fn client(state: &mut State, args: &[&[u8]], out: &mut Vec<u8>) {
             }
         }
         ("SETINFO", 4) => enc.simple(out, "OK"),
+        ("ID" | "SETNAME" | "GETNAME" | "SETINFO", _) | ("KILL", 2) => enc.error(
+            out,
+            &format!("ERR wrong number of arguments for 'client|{}' command", sub.to_ascii_lowercase()),
+        ),
         _ => enc.error(
             out,
             &format!("ERR unknown subcommand '{}'. Try CLIENT HELP.", String::from_utf8_lossy(args[1])),

@@ -33,8 +33,8 @@ impl<'a> Frames<'a> {
     }
 
     /// The next complete command's arguments, into `args` (cleared first,
-    /// so one vector serves a batch); false once none is left.
-    pub fn next_command(&mut self, args: &mut Vec<&'a [u8]>) -> bool {
+    /// so one holder serves a batch); false once none is left.
+    pub fn next_command(&mut self, args: &mut Args<'a>) -> bool {
         args.clear();
         let rest = &self.buffer[self.handled..];
         if rest.is_empty() || self.error.is_some() {
@@ -69,6 +69,41 @@ impl<'a> Frames<'a> {
     /// Once no command is left: the framing error that stopped them.
     pub fn error(&self) -> Option<&str> {
         self.error.as_deref()
+    }
+}
+
+/// One command's arguments: slices of the buffer, or, for an inline
+/// command with quotes, their unescaped copies.
+#[derive(Default)]
+pub struct Args<'a> {
+    borrowed: Vec<&'a [u8]>,
+    unquoted: Vec<Vec<u8>>,
+}
+
+impl<'a> Args<'a> {
+    fn clear(&mut self) {
+        self.borrowed.clear();
+        self.unquoted.clear();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.borrowed.is_empty() && self.unquoted.is_empty()
+    }
+
+    /// Whether the arguments are unescaped copies rather than slices of
+    /// the buffer.
+    pub fn is_quoted(&self) -> bool {
+        !self.unquoted.is_empty()
+    }
+
+    /// Run `f` on the arguments as slices.
+    pub fn with<R>(&self, f: impl FnOnce(&[&[u8]]) -> R) -> R {
+        if self.unquoted.is_empty() {
+            f(&self.borrowed)
+        } else {
+            let unquoted: Vec<&[u8]> = self.unquoted.iter().map(Vec::as_slice).collect();
+            f(&unquoted)
+        }
     }
 }
 
@@ -113,13 +148,17 @@ fn number(text: &[u8]) -> Option<i64> {
 
 /// Where the command at the start of `buffer` ends, pushing its arguments
 /// onto `args` on the way.
-fn command<'a>(buffer: &'a [u8], max_bulk: usize, args: &mut Vec<&'a [u8]>) -> Result<Length, FrameError> {
+fn command<'a>(buffer: &'a [u8], max_bulk: usize, args: &mut Args<'a>) -> Result<Length, FrameError> {
     if buffer[0] != b'*' {
         // Inline command: one line (a bare `\n` ends it too, as in Redis).
         return match buffer.iter().take(MAX_INLINE + 1).position(|b| *b == b'\n') {
             Some(end) => {
                 let text = buffer[..end].strip_suffix(b"\r").unwrap_or(&buffer[..end]);
-                args.extend(text.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()));
+                if text.iter().any(|b| matches!(b, b'"' | b'\'')) {
+                    args.unquoted = split_quoted(text)?;
+                } else {
+                    args.borrowed.extend(text.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()));
+                }
                 Ok(Length::Complete(end + 1))
             }
             None if buffer.len() > MAX_INLINE => Err("Protocol error: too big inline request".into()),
@@ -147,10 +186,84 @@ fn command<'a>(buffer: &'a [u8], max_bulk: usize, args: &mut Vec<&'a [u8]>) -> R
         if &buffer[data + len..end] != b"\r\n" {
             return Err("Protocol error: invalid bulk length".into());
         }
-        args.push(&buffer[data..data + len]);
+        args.borrowed.push(&buffer[data..data + len]);
         at = end;
     }
     Ok(Length::Complete(at))
+}
+
+/// Split an inline line with quotes as Redis does (`sdssplitargs`): words
+/// separated by whitespace; inside double quotes `\n`, `\r`, `\t`, `\b`,
+/// `\a` and `\xHH` are escapes and a backslash takes the next byte as it
+/// is; inside single quotes only `\'` is. A quote may start inside a word,
+/// but a closing one must end it. Redis reads the line as a C string, so a
+/// NUL byte ends it.
+fn split_quoted(line: &[u8]) -> Result<Vec<Vec<u8>>, FrameError> {
+    const UNBALANCED: &str = "Protocol error: unbalanced quotes in request";
+    // C's isspace: what is skipped between words and may follow a closing quote.
+    let is_space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    // What ends an unquoted word.
+    let ends_word = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let line = &line[..line.iter().position(|&b| b == 0).unwrap_or(line.len())];
+    let mut words = Vec::new();
+    let mut at = 0;
+    loop {
+        while line.get(at).is_some_and(|&b| is_space(b)) {
+            at += 1;
+        }
+        if at >= line.len() {
+            return Ok(words);
+        }
+        let mut word = Vec::new();
+        let mut quote = None;
+        while let Some(&byte) = line.get(at) {
+            match quote {
+                None if ends_word(byte) => break,
+                None if matches!(byte, b'"' | b'\'') => quote = Some(byte),
+                None => word.push(byte),
+                Some(q) if byte == q => {
+                    if line.get(at + 1).is_some_and(|&next| !is_space(next)) {
+                        return Err(UNBALANCED.into());
+                    }
+                    quote = None;
+                    at += 1;
+                    break;
+                }
+                Some(b'"') if byte == b'\\' && at + 1 < line.len() => {
+                    let hex = line.get(at + 2..at + 4).filter(|_| line[at + 1] == b'x');
+                    if let Some(decoded) = hex.and_then(|h| hex_byte(h[0], h[1])) {
+                        word.push(decoded);
+                        at += 3;
+                    } else {
+                        at += 1;
+                        word.push(match line[at] {
+                            b'n' => b'\n',
+                            b'r' => b'\r',
+                            b't' => b'\t',
+                            b'b' => 0x08,
+                            b'a' => 0x07,
+                            other => other,
+                        });
+                    }
+                }
+                Some(b'\'') if byte == b'\\' && line.get(at + 1) == Some(&b'\'') => {
+                    word.push(b'\'');
+                    at += 1;
+                }
+                Some(_) => word.push(byte),
+            }
+            at += 1;
+        }
+        if quote.is_some() {
+            return Err(UNBALANCED.into());
+        }
+        words.push(word);
+    }
+}
+
+fn hex_byte(high: u8, low: u8) -> Option<u8> {
+    let digit = |b: u8| (b as char).to_digit(16);
+    Some((digit(high)? * 16 + digit(low)?) as u8)
 }
 
 /// Reply encoder for one connection's protocol version.
@@ -234,7 +347,7 @@ mod tests {
     /// Command lengths and what the next needs, or the framing error.
     fn scan(buffer: &[u8], max_bulk: usize) -> Result<(Vec<usize>, Option<u32>), FrameError> {
         let mut frames = Frames::new(buffer, max_bulk);
-        let (mut lengths, mut args) = (Vec::new(), Vec::new());
+        let (mut lengths, mut args) = (Vec::new(), Args::default());
         while frames.next_command(&mut args) {
             lengths.push(frames.handled() - lengths.iter().sum::<usize>());
         }
@@ -242,10 +355,10 @@ mod tests {
     }
 
     /// The arguments of the first command in `buffer`.
-    fn arguments(buffer: &[u8]) -> Vec<&[u8]> {
-        let mut args = Vec::new();
+    fn arguments(buffer: &[u8]) -> Vec<Vec<u8>> {
+        let mut args = Args::default();
         assert!(Frames::new(buffer, 1 << 20).next_command(&mut args), "a whole command");
-        args
+        args.with(|args| args.iter().map(|a| a.to_vec()).collect())
     }
 
     #[test]
@@ -254,8 +367,39 @@ mod tests {
         let (frames, next) = scan(buffer, 1 << 20).unwrap();
         assert_eq!(frames, vec![14, 6]);
         assert_eq!(next, Some(25), "the ECHO command needs its 5-byte argument and CRLF");
-        assert_eq!(arguments(b"*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n"), vec![&b"ECHO"[..], b"hi"]);
-        assert_eq!(arguments(b"SET  k v\r\n"), vec![&b"SET"[..], b"k", b"v"]);
+        assert_eq!(arguments(b"*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n"), [b"ECHO".to_vec(), b"hi".to_vec()]);
+        assert_eq!(arguments(b"SET  k v\r\n"), [b"SET".to_vec(), b"k".to_vec(), b"v".to_vec()]);
+    }
+
+    #[test]
+    fn inline_quotes_split_like_redis() {
+        let split = |line: &[u8]| {
+            split_quoted(line).map(|words| words.iter().map(|w| w.to_vec()).collect::<Vec<_>>())
+        };
+        let ok = |line: &[u8], expected: &[&[u8]]| {
+            assert_eq!(
+                split(line),
+                Ok(expected.iter().map(|w| w.to_vec()).collect()),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        };
+        ok(b"ECHO \"hello world\"", &[b"ECHO", b"hello world"]);
+        ok(b"ECHO 'a b'", &[b"ECHO", b"a b"]);
+        ok(b"ECHO \"a\\x41\\n\\q\\xZZ\"", &[b"ECHO", b"aA\nqxZZ"]);
+        ok(b"ECHO 'it\\'s' \"\"", &[b"ECHO", b"it's", b""]);
+        ok(b"SET k\"ey\" v", &[b"SET", b"key", b"v"]);
+        ok(b"  a\x0bb \"c\"\x0b", &[b"a\x0bb", b"c"]);
+        ok(b"ECHO \"x\" tail\0ignored \"", &[b"ECHO", b"x", b"tail"]);
+        for bad in [&b"ECHO \"open"[..], b"ECHO 'open", b"ECHO \"a\"b", b"ECHO 'a'b", b"ECHO \"ends in \\"] {
+            assert!(split(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let mut args = Args::default();
+        assert!(Frames::new(b"ECHO \"a b\"\r\nPING\r\n", 1 << 20).next_command(&mut args));
+        assert!(args.is_quoted());
+        args.with(|a| assert_eq!(a, [&b"ECHO"[..], b"a b"]));
+        let error = scan(b"PING\r\nECHO \"a\r\nPING\r\n", 1 << 20).unwrap_err();
+        assert_eq!(error, "Protocol error: unbalanced quotes in request");
     }
 
     #[test]
