@@ -482,6 +482,9 @@ impl Connection {
                     _ => break,
                 },
                 Ok(None) => break,
+                // The frames before a bad one are handled (and answered) first;
+                // the next call starts at the bad one.
+                Err(_) if !ends.is_empty() => break,
                 Err(e) => return Err(self.framing_error(e)),
             }
         }
