@@ -175,6 +175,11 @@ async fn answers_like_nats_server() {
             b"CONNECT {\"verbose\":false}\r\n",
             b"SUB a 1\r\nSUB b 1\r\nPUB a 1\r\nx\r\nPUB b 1\r\ny\r\nPING\r\n",
         ],
+        // Any word is a queue name; HPUB needs headers announced in CONNECT.
+        &[
+            b"CONNECT {\"verbose\":true}\r\n",
+            b"SUB a q.* 1\r\nSUB b > 2\r\nHPUB a 12 12\r\nNATS/1.0\r\n\r\n\r\n",
+        ],
         // `+` and `#` are ordinary subject characters in NATS.
         &[b"CONNECT {\"verbose\":false}\r\n", b"SUB c++.#.> 1\r\nPUB c++.#.x 1\r\nz\r\nPING\r\n"],
         // Operations split anywhere across writes: in a verb, a payload,

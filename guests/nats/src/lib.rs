@@ -268,6 +268,8 @@ fn handle(state: &mut State, op: Result<Op<'_>, ParseError>, out: &mut Vec<u8>) 
             out.extend_from_slice(b"PONG\r\n");
         }
         Op::Pong => state.pings_out = 0,
+        // nats-server closes on headers the client did not announce.
+        Op::Pub { headers: Some(_), .. } if !state.headers => return Outcome::Drop("HPUB without headers"),
         Op::Pub { subject, reply, headers, payload } => {
             if let Err(text) = publish(state, subject, reply, headers, payload, out) {
                 out.extend_from_slice(format!("-ERR '{text}'\r\n").as_bytes());
@@ -342,11 +344,7 @@ fn no_responders(state: &State, reply: &str, out: &mut Vec<u8>) {
 fn subscribe(state: &mut State, subject: &str, queue: Option<&str>, sid: &str) -> Result<(), String> {
     let filter = subject::to_topic(subject, true).map_err(|_| "Invalid Subject".to_string())?;
     let wildcard = filter.contains(['+', '#']);
-    if let Some(queue) = queue
-        && queue.contains(['.', '*', '>'])
-    {
-        return Err("Invalid Queue Name".into());
-    }
+    // nats-server takes any queue name (a word of the control line).
     let options = SubscribeOptionsParam {
         kind: FilterKind::Wildcard,
         max_qos: Qos::AtMostOnce,
