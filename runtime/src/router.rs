@@ -122,21 +122,30 @@ impl Node {
         self.is_empty()
     }
 
-    fn collect(&self, levels: &[&str], depth: usize, dollar: bool, out: &mut Vec<SubscriptionKey>) {
+    /// Keys of the subscriptions matching the topic whose remaining levels
+    /// are `levels` (an iterator, so a publish allocates nothing to split
+    /// its topic); `top` is true at the root.
+    fn collect(
+        &self,
+        mut levels: std::str::Split<'_, char>,
+        top: bool,
+        dollar: bool,
+        out: &mut Vec<SubscriptionKey>,
+    ) {
         // A leading wildcard does not match `$` topics.
-        let wild_ok = !(depth == 0 && dollar);
+        let wild_ok = !(top && dollar);
         if wild_ok {
             out.extend_from_slice(&self.rest);
         }
-        let Some(level) = levels.get(depth) else {
+        let Some(level) = levels.next() else {
             out.extend_from_slice(&self.here);
             return;
         };
-        if let Some(child) = self.children.get(*level) {
-            child.collect(levels, depth + 1, dollar, out);
+        if let Some(child) = self.children.get(level) {
+            child.collect(levels.clone(), false, dollar, out);
         }
         if wild_ok && let Some(plus) = &self.plus {
-            plus.collect(levels, depth + 1, dollar, out);
+            plus.collect(levels, false, dollar, out);
         }
     }
 }
@@ -251,8 +260,7 @@ impl Router {
         let index = self.index.read();
         let mut keys = Vec::new();
         let topic = message.message.topic.as_str();
-        let levels: Vec<&str> = topic.split('/').collect();
-        index.wildcard.collect(&levels, 0, topic.starts_with('$'), &mut keys);
+        index.wildcard.collect(topic.split('/'), true, topic.starts_with('$'), &mut keys);
         if let Some(exact) = index.exact.get(topic) {
             keys.extend_from_slice(exact);
         }
