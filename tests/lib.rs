@@ -295,7 +295,7 @@ impl LineClient {
 
     /// Send raw bytes.
     pub async fn send(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).await.expect("write");
+        self.try_send(bytes).await.expect("write");
     }
 
     /// Send `bytes`; a connection the broker already closed is an error,

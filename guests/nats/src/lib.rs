@@ -299,8 +299,10 @@ fn publish(
     payload: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
-    let topics = subject::to_topic(subject, false)
-        .and_then(|topic| Ok((topic, reply.map(|r| subject::to_topic(r, false)).transpose()?)));
+    let topics = subject::to_topic(subject, false).and_then(|topic| {
+        let reply_topic = reply.map(|reply| subject::to_topic(reply, false)).transpose()?;
+        Ok((topic, reply_topic))
+    });
     let (topic, reply_topic) = match topics {
         Ok(topics) => topics,
         Err(_) if state.pedantic => return Err("Invalid Publish Subject".into()),
