@@ -191,6 +191,13 @@ impl Server {
         self.status_bytes("RssAnon:")
     }
 
+    /// The kernel's page tables for the process: not part of its resident
+    /// memory, but memory each mapped page costs (more for sparse mappings,
+    /// such as guest memory slots far apart).
+    pub fn page_table_bytes(&self) -> anyhow::Result<u64> {
+        self.status_bytes("VmPTE:")
+    }
+
     fn status_bytes(&self, field: &str) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
         let line = status.lines().find(|l| l.starts_with(field)).with_context(|| format!("no {field}"))?;

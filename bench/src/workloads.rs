@@ -282,10 +282,10 @@ impl Bench {
                 // per server are not charged to the idle connections.
                 let warm = mqtt_load::open_idle(addr, 1, 1).await?;
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let before = (server.rss_bytes()?, server.anon_bytes()?);
+                let before = (server.rss_bytes()?, server.anon_bytes()?, server.page_table_bytes()?);
                 let clients = mqtt_load::open_idle(addr, scale.idle_connections, 64).await?;
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let after = (server.rss_bytes()?, server.anon_bytes()?);
+                let after = (server.rss_bytes()?, server.anon_bytes()?, server.page_table_bytes()?);
                 // Then all of them again after they closed: what connections
                 // cost in a server whose clients come and go (reused slots,
                 // allocator caches), over the same baseline.
@@ -301,6 +301,7 @@ impl Bench {
                 vec![
                     Figure::lower("rss-per-connection", per(after.0, before.0), "KiB"),
                     Figure::lower("private-per-connection", per(after.1, before.1), "KiB"),
+                    Figure::lower("page-tables-per-connection", per(after.2, before.2), "KiB"),
                     Figure::lower("rss-after-churn", per(after_churn, before.0), "KiB"),
                 ]
             }

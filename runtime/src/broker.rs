@@ -138,8 +138,9 @@ impl Broker {
                 "the connection caps add up to {instances}; at most {MAX_FIBER_STACKS} connections are served at once"
             );
         }
-        let engine = build_engine(PoolSize { instances, memory_bytes })
+        let (engine, layout) = build_engine(PoolSize { instances, memory_bytes })
             .map_err(|e| StartError::Engine(format!("{e:#}")))?;
+        tracing::debug!(?layout, "guest memory layout");
         let linker = build_linker(&engine).map_err(|e| StartError::Engine(format!("{e:#}")))?;
         let clock = EpochClock::start(engine.clone()).map_err(|e| StartError::Engine(e.to_string()))?;
 

@@ -136,7 +136,7 @@ async fn check(component: &Path, pin: Option<&str>) -> ExitCode {
 /// Load `path` as the broker would and report what it is.
 pub async fn describe_component(path: &Path, pin: Option<&str>) -> Result<String, String> {
     let limits = Limits::default();
-    let engine = build_engine(PoolSize { instances: 4, memory_bytes: limits.memory_bytes })
+    let (engine, _) = build_engine(PoolSize { instances: 4, memory_bytes: limits.memory_bytes })
         .map_err(|e| e.to_string())?;
     let linker = build_linker(&engine).map_err(|e| e.to_string())?;
     let name = path.file_stem().map_or("guest".into(), |s| s.to_string_lossy().into_owned());

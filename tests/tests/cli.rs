@@ -160,28 +160,51 @@ async fn shipped_config_is_valid() {
 /// Start `sandport run` on the echo config; return it with the address of
 /// its first listener, read from the "listening" line on stderr.
 async fn run_broker(dir: &Path) -> (tokio::process::Child, std::net::SocketAddr) {
+    let (child, addr, _) = start_broker(dir, None).await;
+    (child, addr)
+}
+
+/// [`run_broker`], optionally under a virtual memory limit in KiB
+/// (`ulimit -v`); also returns what it logged before listening.
+async fn start_broker(
+    dir: &Path,
+    address_space_kib: Option<u64>,
+) -> (tokio::process::Child, std::net::SocketAddr, Vec<String>) {
     let path = dir.join("run.toml");
     std::fs::write(&path, with_guest_paths(GOOD)).unwrap();
-    let mut child = Command::new(sandport_bin())
+    let bin = sandport_bin();
+    let mut command = match address_space_kib {
+        None => Command::new(&bin),
+        Some(kib) => {
+            let mut shell = Command::new("sh");
+            let script = format!("ulimit -v {kib} && exec \"$0\" \"$@\"");
+            shell.args(["-c", &script, &path_str(&bin)]);
+            shell
+        }
+    };
+    let mut child = command
         .args(["run", "--config", &path_str(&path)])
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(WAIT, async {
+    let (addr, logged) = tokio::time::timeout(WAIT, async {
+        let mut logged = Vec::new();
         while let Some(line) = lines.next_line().await.unwrap() {
             if let Some(rest) = line.split("addr=").nth(1) {
-                return rest.split_whitespace().next().unwrap().parse::<std::net::SocketAddr>().unwrap();
+                let addr = rest.split_whitespace().next().unwrap().parse::<std::net::SocketAddr>().unwrap();
+                return (addr, logged);
             }
+            logged.push(line);
         }
-        panic!("sandport exited before listening");
+        panic!("sandport exited before listening: {logged:?}");
     })
     .await
     .expect("listening in time");
     // Keep draining stderr so the broker never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
+    (child, addr, logged)
 }
 
 async fn terminate_and_wait(child: &mut tokio::process::Child) -> std::process::ExitStatus {
@@ -214,4 +237,25 @@ async fn sigterm_right_after_listening_is_graceful() {
         let status = terminate_and_wait(&mut child).await;
         assert!(status.success(), "{status:?}");
     }
+}
+
+/// Guest memories normally get guard regions instead of bounds checks,
+/// which takes about 4 GiB of address space per slot. A broker whose
+/// address space is limited falls back to bounds-checked slots, says so,
+/// and serves as usual.
+#[tokio::test]
+async fn a_limited_address_space_falls_back_to_bounds_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, logged) = start_broker(dir.path(), None).await;
+    assert!(!logged.iter().any(|l| l.contains("bounds-checked")), "{logged:?}");
+
+    // 4 TiB: room for the compact slots (about 0.3 TiB here), not for the
+    // guarded ones (about 41 TiB).
+    let (mut child, addr, logged) = start_broker(dir.path(), Some(4 << 30)).await;
+    assert!(logged.iter().any(|l| l.contains("guest memories are bounds-checked")), "{logged:?}");
+    let mut client = LineClient::connect(addr).await;
+    assert_eq!(client.ask("PING").await, "PONG");
+    assert_eq!(client.ask("ECHO guarded or not").await, "guarded or not");
+    let status = terminate_and_wait(&mut child).await;
+    assert!(status.success(), "{status:?}");
 }

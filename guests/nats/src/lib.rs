@@ -68,12 +68,13 @@ impl Default for Connect {
 
 /// One client subscription.
 struct Sub {
+    /// The client's id for it.
+    sid: String,
     /// The subject as subscribed (NATS syntax).
     subject: String,
     /// Whether it has wildcards: only then can the host's match be wider
     /// than NATS's (`a.>` does not match `a`, the canonical `a/#` does).
     wildcard: bool,
-    host_id: u32,
     /// Deliveries left before an automatic unsubscribe.
     remaining: Option<u64>,
 }
@@ -87,13 +88,16 @@ struct State {
     echo: bool,
     headers: bool,
     no_responders: bool,
-    // Looked up for every delivery. Fx rather than SipHash: the keys are
-    // this connection's own sids, so collisions could only slow down the
-    // client that chose them.
-    subs: FxHashMap<String, Sub>,
-    by_host_id: FxHashMap<u32, String>,
+    /// Subscriptions by the id the host gave them: looked up once for
+    /// every delivery.
+    subs: FxHashMap<u32, Sub>,
+    // Fx rather than SipHash: the keys are this connection's own sids, so
+    // collisions could only slow down the client that chose them.
+    by_sid: FxHashMap<String, u32>,
     /// Reused for the subject of each delivery.
     subject: String,
+    /// Reused for the topic of each publish.
+    topic: String,
     pings_out: u32,
 }
 
@@ -292,19 +296,34 @@ fn handle(state: &mut State, op: Result<Op<'_>, ParseError>, out: &mut Vec<u8>) 
 }
 
 fn publish(
-    state: &State,
+    state: &mut State,
     subject: &str,
     reply: Option<&str>,
     headers: Option<&[u8]>,
     payload: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
-    let topics = subject::to_topic(subject, false).and_then(|topic| {
-        let reply_topic = reply.map(|reply| subject::to_topic(reply, false)).transpose()?;
-        Ok((topic, reply_topic))
-    });
-    let (topic, reply_topic) = match topics {
-        Ok(topics) => topics,
+    let mut topic = std::mem::take(&mut state.topic);
+    topic.clear();
+    let outcome = publish_into(state, &mut topic, subject, reply, headers, payload, out);
+    state.topic = topic;
+    outcome
+}
+
+/// [`publish`], with `topic` the buffer the subject is mapped into.
+fn publish_into(
+    state: &State,
+    topic: &mut String,
+    subject: &str,
+    reply: Option<&str>,
+    headers: Option<&[u8]>,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    let reply_topic = subject::to_topic_into(topic, subject, false)
+        .and_then(|()| reply.map(|reply| subject::to_topic(reply, false)).transpose());
+    let reply_topic = match reply_topic {
+        Ok(reply_topic) => reply_topic,
         Err(_) if state.pedantic => return Err("Invalid Publish Subject".into()),
         // nats-server takes such a subject unchecked unless pedantic, and
         // nats-py closes its connection on any other -ERR. A subject that is
@@ -316,7 +335,7 @@ fn publish(
         Some(block) => wire::parse_headers(block).ok_or_else(|| "Invalid Header".to_string())?,
         None => Vec::new(),
     };
-    let msg = Message { reply_to: reply_topic.as_deref(), headers: &header_list, ..message(&topic, payload) };
+    let msg = Message { reply_to: reply_topic.as_deref(), headers: &header_list, ..message(topic, payload) };
     match host::publish(msg) {
         Ok(outcome) => {
             if outcome.receivers == 0
@@ -336,11 +355,11 @@ fn publish(
 
 /// Tell a requester nobody listens: a `503` status on its reply subject.
 fn no_responders(state: &State, reply: &str, out: &mut Vec<u8>) {
-    let Some((sid, _)) = state.subs.iter().find(|(_, sub)| subject::matches(&sub.subject, reply)) else {
+    let Some(sub) = state.subs.values().find(|sub| subject::matches(&sub.subject, reply)) else {
         return;
     };
     let status = wire::encode_headers(Some("503"), []);
-    wire::put_message(out, reply, sid, None, Some(&status), b"");
+    wire::put_message(out, reply, &sub.sid, None, Some(&status), b"");
 }
 
 fn subscribe(state: &mut State, subject: &str, queue: Option<&str>, sid: &str) -> Result<(), String> {
@@ -355,15 +374,15 @@ fn subscribe(state: &mut State, subject: &str, queue: Option<&str>, sid: &str) -
         retained: RetainedHandling::Skip,
     };
     // nats-server keeps the subscription a sid already names.
-    if state.subs.contains_key(sid) {
+    if state.by_sid.contains_key(sid) {
         return Ok(());
     }
     match host::subscribe(&filter, options) {
         Ok(host_id) => {
-            state.by_host_id.insert(host_id, sid.to_string());
+            state.by_sid.insert(sid.to_string(), host_id);
             state.subs.insert(
-                sid.to_string(),
-                Sub { subject: subject.to_string(), wildcard, host_id, remaining: None },
+                host_id,
+                Sub { sid: sid.to_string(), subject: subject.to_string(), wildcard, remaining: None },
             );
             Ok(())
         }
@@ -375,17 +394,17 @@ fn subscribe(state: &mut State, subject: &str, queue: Option<&str>, sid: &str) -
 }
 
 fn unsubscribe(state: &mut State, sid: &str, max: Option<u64>) {
-    let Some(sub) = state.subs.get_mut(sid) else { return };
-    match max {
-        Some(max) if max > 0 => sub.remaining = Some(max),
-        _ => remove(state, sid),
+    let Some(&host_id) = state.by_sid.get(sid) else { return };
+    match (max, state.subs.get_mut(&host_id)) {
+        (Some(max), Some(sub)) if max > 0 => sub.remaining = Some(max),
+        _ => remove(state, host_id),
     }
 }
 
-fn remove(state: &mut State, sid: &str) {
-    if let Some(sub) = state.subs.remove(sid) {
-        state.by_host_id.remove(&sub.host_id);
-        let _ = host::unsubscribe(sub.host_id);
+fn remove(state: &mut State, host_id: u32) {
+    if let Some(sub) = state.subs.remove(&host_id) {
+        state.by_sid.remove(&sub.sid);
+        let _ = host::unsubscribe(host_id);
     }
 }
 
@@ -408,8 +427,7 @@ fn deliver_waiting(state: &mut State, out: &mut Vec<u8>) {
 }
 
 fn deliver(state: &mut State, delivery: Delivery, out: &mut Vec<u8>) {
-    let Some(sid) = state.by_host_id.get(&delivery.subscription) else { return };
-    let Some(sub) = state.subs.get_mut(sid) else { return };
+    let Some(sub) = state.subs.get_mut(&delivery.subscription) else { return };
     let message = delivery.message;
     let subject = &mut state.subject;
     subject.clear();
@@ -421,12 +439,11 @@ fn deliver(state: &mut State, delivery: Delivery, out: &mut Vec<u8>) {
     let reply = message.reply_to.map(subject::from_topic);
     let headers =
         (state.headers && !message.headers.is_empty()).then(|| wire::encode_headers(None, message.headers));
-    wire::put_message(out, subject, sid, reply.as_deref(), headers.as_deref(), message.payload);
+    wire::put_message(out, subject, &sub.sid, reply.as_deref(), headers.as_deref(), message.payload);
     if let Some(remaining) = &mut sub.remaining {
         *remaining -= 1;
         if *remaining == 0 {
-            let sid = sid.clone();
-            remove(state, &sid);
+            remove(state, delivery.subscription);
         }
     }
 }

@@ -55,56 +55,64 @@ fn unescape_into(subject: &mut String, level: &str) {
 }
 
 /// Check a subject (or, with `wildcards`, a subscription subject) and
-/// return its canonical form. One pass and one allocation: it runs for
-/// every published message.
+/// return its canonical form.
 pub fn to_topic(subject: &str, wildcards: bool) -> Result<String, SubjectError> {
+    let mut topic = String::with_capacity(subject.len());
+    to_topic_into(&mut topic, subject, wildcards)?;
+    Ok(topic)
+}
+
+/// [`to_topic`], appended to `topic`: for every published message, into a
+/// reused buffer, in one pass when the subject is plain.
+pub fn to_topic_into(topic: &mut String, subject: &str, wildcards: bool) -> Result<(), SubjectError> {
     if subject.is_empty() {
         return Err("empty subject");
     }
-    if !wildcards && let Some(topic) = plain_topic(subject) {
-        return Ok(topic);
+    if !wildcards && is_plain(subject) {
+        // Plain subjects are ASCII: one byte is one char.
+        topic.extend(subject.bytes().map(|byte| if byte == b'.' { '/' } else { char::from(byte) }));
+        return Ok(());
     }
-    let mut topic = String::with_capacity(subject.len());
     let mut tokens = subject.split('.').peekable();
+    let mut first = true;
     while let Some(token) = tokens.next() {
         let last = tokens.peek().is_none();
         if token.is_empty() || token.contains(char::is_whitespace) {
             return Err("empty token or whitespace");
         }
-        if !topic.is_empty() {
+        if !first {
             topic.push('/');
         }
+        first = false;
         match token {
             "*" if wildcards => topic.push('+'),
             ">" if wildcards && last => topic.push('#'),
             ">" if wildcards => return Err("misplaced wildcard"),
             "*" | ">" => return Err("wildcards in a publish subject"),
-            _ => escape_into(&mut topic, token),
+            _ => escape_into(topic, token),
         }
     }
-    Ok(topic)
+    Ok(())
 }
 
-/// The common publish subject, in one pass over its bytes: ASCII, tokens
-/// neither empty nor wildcards, nothing to escape or refuse. `None` sends
-/// anything else through the full rules of [`to_topic`].
-fn plain_topic(subject: &str) -> Option<String> {
+/// Whether `subject` is the common publish subject, checked in one pass
+/// over its bytes: ASCII, tokens neither empty nor wildcards, nothing to
+/// escape or refuse. Anything else goes through the full rules of
+/// [`to_topic_into`].
+fn is_plain(subject: &str) -> bool {
     let bytes = subject.as_bytes();
     let mut token_start = 0;
     for (i, &byte) in bytes.iter().enumerate() {
         match byte {
-            b'.' if i == token_start => return None,
+            b'.' if i == token_start => return false,
             b'.' => token_start = i + 1,
-            b'*' | b'>' if i == token_start && bytes.get(i + 1).is_none_or(|&b| b == b'.') => return None,
-            b'%' | b'/' | b'+' | b'#' => return None,
-            byte if byte >= 0x80 || byte.is_ascii_whitespace() || byte.is_ascii_control() => return None,
+            b'*' | b'>' if i == token_start && bytes.get(i + 1).is_none_or(|&b| b == b'.') => return false,
+            b'%' | b'/' | b'+' | b'#' => return false,
+            byte if byte >= 0x80 || byte.is_ascii_whitespace() || byte.is_ascii_control() => return false,
             _ => {}
         }
     }
-    if token_start == bytes.len() {
-        return None;
-    }
-    Some(subject.replace('.', "/"))
+    token_start < bytes.len()
 }
 
 /// The NATS subject of a canonical topic.
@@ -117,6 +125,11 @@ pub fn from_topic(topic: &str) -> String {
 /// [`from_topic`], appended to `subject`: for every delivery, into a
 /// reused buffer.
 pub fn from_topic_into(subject: &mut String, topic: &str) {
+    if !topic.contains('%') {
+        // Nothing escaped: levels joined with `.` instead of `/`.
+        subject.extend(topic.chars().map(|c| if c == '/' { '.' } else { c }));
+        return;
+    }
     for (i, level) in topic.split('/').enumerate() {
         if i > 0 {
             subject.push('.');

@@ -50,15 +50,64 @@ pub struct PoolSize {
     pub memory_bytes: usize,
 }
 
-/// Build the engine all protocols share.
-pub fn build_engine(pool: PoolSize) -> wasmtime::Result<Engine> {
+/// How guest linear memories are laid out in the pool, which decides how
+/// compiled guest code keeps its accesses inside its memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryLayout {
+    /// Every memory slot reserves the whole 32-bit address range plus a
+    /// guard region, so no guest load or store needs a bounds check: an
+    /// access outside the memory lands on unmapped pages and traps. Costs
+    /// [`GUARDED_SLOT_BYTES`] of address space per slot (not memory), so
+    /// the slots are capped at [`MAX_FIBER_STACKS`], the bound on
+    /// connections served at once anyway.
+    Guarded,
+    /// Slots sized to the largest guest memory: tens of thousands fit in
+    /// any address space, and every guest access pays an explicit bounds
+    /// check (a compare and a Spectre-safe select). Used when the guarded
+    /// reservation is refused (a `ulimit -v`, several brokers in one
+    /// process).
+    Compact,
+}
+
+/// Guard region after each guarded slot: a guest access's static offset is
+/// within it unless it is larger than this, so only such rare accesses keep
+/// a bounds check (wasmtime's default guard).
+const GUARD_BYTES: u64 = 32 << 20;
+
+/// Address space one guarded memory slot reserves.
+pub const GUARDED_SLOT_BYTES: u64 = (1 << 32) + GUARD_BYTES;
+
+/// Build the engine all protocols share: with guarded memory slots when
+/// the address space can be reserved, else with compact ones.
+pub fn build_engine(pool: PoolSize) -> wasmtime::Result<(Engine, MemoryLayout)> {
+    match Engine::new(&engine_config(pool, MemoryLayout::Guarded)) {
+        Ok(engine) => Ok((engine, MemoryLayout::Guarded)),
+        Err(error) => {
+            tracing::warn!(
+                "guest memories are bounds-checked (slower): reserving guarded slots failed: {error:#}"
+            );
+            Ok((Engine::new(&engine_config(pool, MemoryLayout::Compact))?, MemoryLayout::Compact))
+        }
+    }
+}
+
+/// The engine's configuration for a pool laid out as `layout`.
+pub fn engine_config(pool: PoolSize, layout: MemoryLayout) -> Config {
     let memory_slot = pool.memory_bytes.next_multiple_of(64 * 1024);
+    let (total_memories, reservation, guard) = match layout {
+        // Rust guests have one memory each; a guest with two halves the
+        // connections served at once.
+        MemoryLayout::Guarded => {
+            (pool.instances.saturating_mul(2).min(MAX_FIBER_STACKS), 1 << 32, GUARD_BYTES)
+        }
+        MemoryLayout::Compact => (pool.instances.saturating_mul(2), memory_slot as u64, 64 * 1024),
+    };
     let mut pooling = PoolingAllocationConfig::new();
     pooling
         .total_component_instances(pool.instances)
         .total_core_instances(pool.instances.saturating_mul(4))
         .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
-        .total_memories(pool.instances.saturating_mul(2))
+        .total_memories(total_memories)
         .max_memories_per_component(2)
         .max_memory_size(memory_slot)
         .total_tables(pool.instances.saturating_mul(2))
@@ -80,17 +129,15 @@ pub fn build_engine(pool: PoolSize) -> wasmtime::Result<Engine> {
         .concurrency_support(false)
         .epoch_interruption(true)
         .cranelift_opt_level(OptLevel::Speed)
-        // A slot sized to the largest guest memory instead of 4 GiB, so tens of
-        // thousands of instances fit in the address space; costs a bounds check.
-        .memory_reservation(memory_slot as u64)
-        .memory_guard_size(64 * 1024)
+        .memory_reservation(reservation)
+        .memory_guard_size(guard)
         .memory_reservation_for_growth(0)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     if std::env::var_os(PERF_MAP_ENV).is_some() {
         // Names guest functions for `perf` (docs/benchmarks.md, "Profiling").
         config.profiler(ProfilingStrategy::PerfMap);
     }
-    Engine::new(&config)
+    config
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
@@ -127,4 +174,17 @@ impl Drop for EpochClock {
 pub fn deadline_ticks(deadline: Duration) -> u32 {
     let ticks = deadline.as_micros() / EPOCH_TICK.as_micros().max(1);
     ticks.clamp(1, u32::MAX as u128) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POOL: PoolSize = PoolSize { instances: 8, memory_bytes: 1 << 20 };
+
+    #[test]
+    fn memories_are_guarded_when_the_address_space_allows() {
+        let (_engine, layout) = build_engine(POOL).expect("engine");
+        assert_eq!(layout, MemoryLayout::Guarded);
+    }
 }
