@@ -119,6 +119,13 @@ async fn unreachable_is_a_trap() {
     misbehaves("unreachable", "faults_trap").await;
 }
 
+/// With guarded memory slots the bound is a guard page, not a check in the
+/// guest's code: the fault must still end only this connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_outside_memory_is_a_trap() {
+    misbehaves("out-of-bounds", "faults_trap").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_bomb_is_refused() {
     misbehaves("oom", "faults_memory").await;

@@ -9,6 +9,7 @@
 //! will <topic> <text>    -> +OK             sets a will, to see it published after a fault
 //! loop                   spins in on-stream (stopped at the call deadline)
 //! panic | unreachable    traps
+//! out-of-bounds          reads past the end of its memory (a trap)
 //! oom                    allocates until memory is refused
 //! recurse                recurses until the stack overflows
 //! flood                  sends until the outbound buffer limit stops it
@@ -66,6 +67,21 @@ fn trap_unreachable() -> ! {
     panic!("unreachable");
 }
 
+/// Read the byte just past the end of linear memory: a trap, whether the
+/// host's compiled code checks the bound or the access lands in the
+/// memory slot's unmapped guard region.
+fn read_out_of_bounds() -> u8 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let end = core::arch::wasm32::memory_size(0) * 65536;
+        // SAFETY: none, on purpose: the load is outside the memory and
+        // WebAssembly traps on it; that trap is the test.
+        unsafe { core::ptr::read_volatile(end as *const u8) }
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    panic!("out of bounds");
+}
+
 /// Report a refused host call, or that it was (wrongly) accepted.
 fn answer<T>(what: &str, result: Result<T, sandport_guest::types::HostError>) {
     match result {
@@ -89,6 +105,7 @@ fn command(line: &str) {
         "loop" => spin(),
         "panic" => panic!("asked to panic"),
         "unreachable" => trap_unreachable(),
+        "out-of-bounds" => host::send(&[read_out_of_bounds()]),
         "oom" => {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
             loop {

@@ -131,16 +131,17 @@ pub fn from_topic(topic: &str) -> String {
 /// [`from_topic`], appended to `subject`: for every delivery, into a
 /// reused buffer.
 pub fn from_topic_into(subject: &mut String, topic: &str) {
-    if !topic.contains('%') {
-        // Nothing escaped: levels joined with `.` instead of `/`.
-        subject.extend(topic.chars().map(|c| if c == '/' { '.' } else { c }));
-        return;
-    }
+    // Nothing escaped (the usual case): levels copied whole.
+    let escaped = topic.contains('%');
     for (i, level) in topic.split('/').enumerate() {
         if i > 0 {
             subject.push('.');
         }
-        unescape_into(subject, level);
+        if escaped {
+            unescape_into(subject, level);
+        } else {
+            subject.push_str(level);
+        }
     }
 }
 

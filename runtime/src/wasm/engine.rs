@@ -2,8 +2,10 @@
 //!
 //! Every guest instance comes from a pooling allocator sized from the config,
 //! so instantiation is a few microseconds and memory per idle connection stays
-//! small. Per-call deadlines use epoch interruption: a thread bumps the epoch
-//! every [`EPOCH_TICK`], and each call gets a budget of ticks.
+//! small. Guest memories sit in guarded slots, so compiled guest code needs
+//! no bounds checks, unless the address space for them cannot be reserved
+//! ([`MemoryLayout`]). Per-call deadlines use epoch interruption: a thread
+//! bumps the epoch every [`EPOCH_TICK`], and each call gets a budget of ticks.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,7 +59,7 @@ pub enum MemoryLayout {
     /// Every memory slot reserves the whole 32-bit address range plus a
     /// guard region, so no guest load or store needs a bounds check: an
     /// access outside the memory lands on unmapped pages and traps. Costs
-    /// [`GUARDED_SLOT_BYTES`] of address space per slot (not memory), so
+    /// 4 GiB plus a 32 MiB guard of address space per slot (not memory), so
     /// the slots are capped at [`MAX_FIBER_STACKS`], the bound on
     /// connections served at once anyway.
     Guarded,
@@ -74,11 +76,13 @@ pub enum MemoryLayout {
 /// a bounds check (wasmtime's default guard).
 const GUARD_BYTES: u64 = 32 << 20;
 
-/// Address space one guarded memory slot reserves.
-pub const GUARDED_SLOT_BYTES: u64 = (1 << 32) + GUARD_BYTES;
+/// Address space a guarded slot reserves for the memory itself: every
+/// address a 32-bit index can form, so none needs a check.
+const GUARDED_RESERVATION: u64 = 1 << 32;
 
 /// Build the engine all protocols share: with guarded memory slots when
-/// the address space can be reserved, else with compact ones.
+/// the address space can be reserved, else with compact ones. The slots
+/// hold no memory until a guest touches it.
 pub fn build_engine(pool: PoolSize) -> wasmtime::Result<(Engine, MemoryLayout)> {
     match Engine::new(&engine_config(pool, MemoryLayout::Guarded)) {
         Ok(engine) => Ok((engine, MemoryLayout::Guarded)),
@@ -92,13 +96,13 @@ pub fn build_engine(pool: PoolSize) -> wasmtime::Result<(Engine, MemoryLayout)> 
 }
 
 /// The engine's configuration for a pool laid out as `layout`.
-pub fn engine_config(pool: PoolSize, layout: MemoryLayout) -> Config {
+fn engine_config(pool: PoolSize, layout: MemoryLayout) -> Config {
     let memory_slot = pool.memory_bytes.next_multiple_of(64 * 1024);
     let (total_memories, reservation, guard) = match layout {
         // Rust guests have one memory each; a guest with two halves the
         // connections served at once.
         MemoryLayout::Guarded => {
-            (pool.instances.saturating_mul(2).min(MAX_FIBER_STACKS), 1 << 32, GUARD_BYTES)
+            (pool.instances.saturating_mul(2).min(MAX_FIBER_STACKS), GUARDED_RESERVATION, GUARD_BYTES)
         }
         MemoryLayout::Compact => (pool.instances.saturating_mul(2), memory_slot as u64, 64 * 1024),
     };
