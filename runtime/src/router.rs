@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::RwLock;
+use rustc_hash::FxHashMap;
 
 use crate::mailbox::{Mailbox, Pushed, Routed};
 use crate::sessions::Session;
@@ -152,7 +153,10 @@ impl Node {
 
 #[derive(Default)]
 struct Index {
-    subscriptions: HashMap<SubscriptionKey, Subscription>,
+    // Looked up for every match of every publish. Fx rather than SipHash:
+    // the keys come from the router's own counter, so no client can choose
+    // colliding ones. Keys clients choose (levels, channels) stay SipHash.
+    subscriptions: FxHashMap<SubscriptionKey, Subscription>,
     wildcard: Node,
     exact: HashMap<String, Vec<SubscriptionKey>>,
     globs: Vec<SubscriptionKey>,
