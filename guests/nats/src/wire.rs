@@ -177,19 +177,21 @@ fn read_line(line: &[u8], max_payload: usize) -> Result<Line<'_>, ParseError> {
     // below).
     let words = words::<4>(args);
     let words = words.as_ref().map(|(slots, count)| &slots[..*count]);
+    // Compared as bytes: a second UTF-8 check of the name cost a call per
+    // operation.
     let mut upper = [0u8; 7];
-    let op = match upper.get_mut(..op.len()) {
+    let op: &[u8] = match upper.get_mut(..op.len()) {
         Some(name) => {
             name.copy_from_slice(op.as_bytes());
             name.make_ascii_uppercase();
-            std::str::from_utf8(name).unwrap_or("")
+            name
         }
-        None => "",
+        None => b"",
     };
     // Sent bare, an operation that takes arguments is no operation at all
     // to nats-server ("Unknown Protocol Operation"); malformed arguments
     // close the connection without a word.
-    if op_end == line.len() && matches!(op, "PUB" | "HPUB" | "SUB" | "UNSUB") {
+    if op_end == line.len() && matches!(op, b"PUB" | b"HPUB" | b"SUB" | b"UNSUB") {
         return Err(ParseError::UnknownOperation);
     }
     let payload_size = |text: &str| {
@@ -200,10 +202,10 @@ fn read_line(line: &[u8], max_payload: usize) -> Result<Line<'_>, ParseError> {
         Ok(size)
     };
     let op = match op {
-        "CONNECT" => Op::Connect(args),
-        "PING" => Op::Ping,
-        "PONG" => Op::Pong,
-        "PUB" => {
+        b"CONNECT" => Op::Connect(args),
+        b"PING" => Op::Ping,
+        b"PONG" => Op::Pong,
+        b"PUB" => {
             let (subject, reply, size) = match words {
                 Some([subject, size]) => (*subject, None, *size),
                 Some([subject, reply, size]) => (*subject, Some(*reply), *size),
@@ -212,7 +214,7 @@ fn read_line(line: &[u8], max_payload: usize) -> Result<Line<'_>, ParseError> {
             let size = payload_size(size)?;
             return Ok(Line::Publish { subject, reply, header_size: None, size });
         }
-        "HPUB" => {
+        b"HPUB" => {
             let (subject, reply, header_size, total) = match words {
                 Some([subject, h, t]) => (*subject, None, *h, *t),
                 Some([subject, reply, h, t]) => (*subject, Some(*reply), *h, *t),
@@ -225,12 +227,12 @@ fn read_line(line: &[u8], max_payload: usize) -> Result<Line<'_>, ParseError> {
             }
             return Ok(Line::Publish { subject, reply, header_size: Some(header_size), size });
         }
-        "SUB" => match words {
+        b"SUB" => match words {
             Some([subject, sid]) => Op::Sub { subject, queue: None, sid },
             Some([subject, queue, sid]) => Op::Sub { subject, queue: Some(queue), sid },
             _ => return Err(ParseError::BadArguments),
         },
-        "UNSUB" => match words {
+        b"UNSUB" => match words {
             Some([sid]) => Op::Unsub { sid, max: None },
             Some([sid, max]) => {
                 Op::Unsub { sid, max: Some(max.parse().map_err(|_| ParseError::BadArguments)?) }
