@@ -45,7 +45,14 @@ impl<'a> Iterator for Frames<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         let rest = &self.buffer[self.handled..];
         let window = &rest[..rest.len().min(MAX_CONTROL_LINE + 2)];
-        let Some(newline) = window.iter().position(|b| *b == b'\n') else {
+        // The line's end and whether it is all ASCII, in one pass: an ASCII
+        // line (nearly every one) then needs no separate UTF-8 check.
+        let mut high_bits = 0u8;
+        let newline = window.iter().position(|&byte| {
+            high_bits |= byte;
+            byte == b'\n'
+        });
+        let Some(newline) = newline else {
             if rest.len() > MAX_CONTROL_LINE {
                 self.handled += MAX_CONTROL_LINE + 1;
                 return Some(Err(ParseError::ControlLineTooLong));
@@ -57,7 +64,11 @@ impl<'a> Iterator for Frames<'a> {
             self.handled += line_end;
             return Some(Err(ParseError::ControlLineTooLong));
         }
-        let line = match read_line(&rest[..newline], self.max_payload) {
+        let line = match line_text(&rest[..newline], high_bits.is_ascii()) {
+            Some(text) => read_line(text, self.max_payload),
+            None => Err(ParseError::UnknownOperation),
+        };
+        let line = match line {
             Ok(line) => line,
             Err(e) => {
                 self.handled += line_end;
@@ -166,9 +177,20 @@ enum Line<'a> {
     Publish { subject: &'a str, reply: Option<&'a str>, header_size: Option<usize>, size: usize },
 }
 
+/// A control line as text, `None` if it is not UTF-8. `ascii` says the
+/// caller saw no byte above 0x7F in it.
+fn line_text(line: &[u8], ascii: bool) -> Option<&str> {
+    if ascii {
+        debug_assert!(line.is_ascii());
+        // SAFETY: every byte is below 0x80 (the caller ORed them all), and
+        // ASCII is UTF-8.
+        return Some(unsafe { std::str::from_utf8_unchecked(line) });
+    }
+    std::str::from_utf8(line).ok()
+}
+
 /// Read one control line (without its LF).
-fn read_line(line: &[u8], max_payload: usize) -> Result<Line<'_>, ParseError> {
-    let line = std::str::from_utf8(line).map_err(|_| ParseError::UnknownOperation)?;
+fn read_line(line: &str, max_payload: usize) -> Result<Line<'_>, ParseError> {
     let line = line.strip_suffix('\r').unwrap_or(line);
     let op_end = line.bytes().position(is_separator).unwrap_or(line.len());
     let (op, args) = line.split_at(op_end);
@@ -396,6 +418,12 @@ mod tests {
         assert_eq!(parse(b"unsub\r\n", 10), Err(ParseError::UnknownOperation), "bare");
         assert_eq!(parse(b"SUB \r\n", 10), Err(ParseError::BadArguments));
         assert_eq!(parse(b"PUB foo\r\n", 10), Err(ParseError::BadArguments));
+        assert_eq!(parse(b"PUB a\xff 1\r\nx\r\n", 10), Err(ParseError::UnknownOperation), "not UTF-8");
+        assert_eq!(
+            parse("PUB é.ü 1\r\nx\r\n".as_bytes(), 10),
+            Ok(Op::Pub { subject: "é.ü", reply: None, headers: None, payload: b"x" }),
+            "UTF-8 beyond ASCII"
+        );
     }
 
     #[test]
