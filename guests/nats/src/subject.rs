@@ -98,6 +98,34 @@ pub fn to_topic_into(topic: &mut String, subject: &str, wildcards: bool) -> Resu
     Ok(())
 }
 
+/// What [`is_plain`] makes of each byte.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ByteClass {
+    Plain,
+    Dot,
+    /// `*` or `>`: a wildcard when it is a whole token.
+    Wildcard,
+    /// Escaped, whitespace, a control character or not ASCII: the full
+    /// rules decide.
+    Other,
+}
+
+/// [`ByteClass`] of every byte, so the check per byte is one look-up.
+const BYTE_CLASSES: [ByteClass; 256] = {
+    let mut classes = [ByteClass::Other; 256];
+    let mut byte = 0x21; // after space and the control characters
+    while byte < 0x7f {
+        classes[byte] = match byte as u8 {
+            b'.' => ByteClass::Dot,
+            b'*' | b'>' => ByteClass::Wildcard,
+            b'%' | b'/' | b'+' | b'#' => ByteClass::Other,
+            _ => ByteClass::Plain,
+        };
+        byte += 1;
+    }
+    classes
+};
+
 /// Whether `subject` is the common publish subject, checked in one pass
 /// over its bytes: ASCII, tokens neither empty nor wildcards, nothing to
 /// escape or refuse. Anything else goes through the full rules of
@@ -106,13 +134,15 @@ fn is_plain(subject: &str) -> bool {
     let bytes = subject.as_bytes();
     let mut token_start = 0;
     for (i, &byte) in bytes.iter().enumerate() {
-        match byte {
-            b'.' if i == token_start => return false,
-            b'.' => token_start = i + 1,
-            b'*' | b'>' if i == token_start && bytes.get(i + 1).is_none_or(|&b| b == b'.') => return false,
-            b'%' | b'/' | b'+' | b'#' => return false,
-            byte if byte >= 0x80 || byte.is_ascii_whitespace() || byte.is_ascii_control() => return false,
-            _ => {}
+        match BYTE_CLASSES[usize::from(byte)] {
+            ByteClass::Plain => {}
+            ByteClass::Dot if i == token_start => return false,
+            ByteClass::Dot => token_start = i + 1,
+            ByteClass::Wildcard if i == token_start && bytes.get(i + 1).is_none_or(|&b| b == b'.') => {
+                return false;
+            }
+            ByteClass::Wildcard => {}
+            ByteClass::Other => return false,
         }
     }
     token_start < bytes.len()
