@@ -76,9 +76,81 @@ pub struct Subscription {
     pub no_local: bool,
 }
 
+/// Children of a trie node by level. Most nodes have a few, found faster
+/// by comparing than by hashing (SipHash, since clients choose the levels);
+/// past [`FEW_CHILDREN`] they move to a hash map, so a client that makes
+/// thousands of siblings still gets a constant-time look-up.
+enum Children {
+    Few(Vec<(Box<str>, Node)>),
+    Many(HashMap<Box<str>, Node>),
+}
+
+/// Most children a node keeps in a list.
+const FEW_CHILDREN: usize = 8;
+
+impl Default for Children {
+    fn default() -> Self {
+        Children::Few(Vec::new())
+    }
+}
+
+impl Children {
+    fn is_empty(&self) -> bool {
+        match self {
+            Children::Few(few) => few.is_empty(),
+            Children::Many(many) => many.is_empty(),
+        }
+    }
+
+    fn get(&self, level: &str) -> Option<&Node> {
+        match self {
+            Children::Few(few) => few.iter().find(|(name, _)| **name == *level).map(|(_, node)| node),
+            Children::Many(many) => many.get(level),
+        }
+    }
+
+    fn get_mut(&mut self, level: &str) -> Option<&mut Node> {
+        match self {
+            Children::Few(few) => few.iter_mut().find(|(name, _)| **name == *level).map(|(_, node)| node),
+            Children::Many(many) => many.get_mut(level),
+        }
+    }
+
+    fn get_or_insert(&mut self, level: &str) -> &mut Node {
+        if let Children::Few(few) = self
+            && few.len() == FEW_CHILDREN
+            && !few.iter().any(|(name, _)| **name == *level)
+        {
+            *self = Children::Many(std::mem::take(few).into_iter().collect());
+        }
+        match self {
+            Children::Few(few) => {
+                let at = match few.iter().position(|(name, _)| **name == *level) {
+                    Some(at) => at,
+                    None => {
+                        few.push((level.into(), Node::default()));
+                        few.len() - 1
+                    }
+                };
+                &mut few[at].1
+            }
+            Children::Many(many) => many.entry(level.into()).or_default(),
+        }
+    }
+
+    fn remove(&mut self, level: &str) {
+        match self {
+            Children::Few(few) => few.retain(|(name, _)| **name != *level),
+            Children::Many(many) => {
+                many.remove(level);
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    children: Children,
     plus: Option<Box<Node>>,
     /// Filters ending at this node.
     here: Vec<SubscriptionKey>,
@@ -96,7 +168,7 @@ impl Node {
             None => self.here.push(key),
             Some("#") => self.rest.push(key),
             Some("+") => self.plus.get_or_insert_with(Default::default).insert(levels, key),
-            Some(level) => self.children.entry(level.into()).or_default().insert(levels, key),
+            Some(level) => self.children.get_or_insert(level).insert(levels, key),
         }
     }
 
@@ -265,7 +337,11 @@ impl Router {
         let mut keys = Vec::new();
         let topic = message.message.topic.as_str();
         index.wildcard.collect(topic.split('/'), true, topic.starts_with('$'), &mut keys);
-        if let Some(exact) = index.exact.get(topic) {
+        // Only Redis `SUBSCRIBE` makes exact subscriptions: without any, a
+        // publish skips hashing its topic.
+        if !index.exact.is_empty()
+            && let Some(exact) = index.exact.get(topic)
+        {
             keys.extend_from_slice(exact);
         }
         keys.extend(
@@ -391,6 +467,34 @@ mod tests {
         assert!(router.is_empty());
         assert!(router.index.read().wildcard.is_empty());
         assert_eq!(router.publish(message("a/b/c"), 9), 0);
+    }
+
+    /// A node's children move from a list to a hash map past
+    /// `FEW_CHILDREN`; matching and pruning work on both sides of that.
+    #[tokio::test]
+    async fn many_siblings_match_and_prune() {
+        let router = Router::default();
+        let (mailbox, mut inbox) = Mailbox::new(1, 1 << 20);
+        let siblings = 3 * FEW_CHILDREN as u32;
+        let keys: Vec<SubscriptionKey> = (0..siblings)
+            .map(|i| subscribe(&router, &mailbox, i, &format!("s/{i}/x"), FilterKind::Wildcard, None))
+            .collect();
+        assert!(matches!(
+            router.index.read().wildcard.children.get("s").unwrap().children,
+            Children::Many(_)
+        ));
+        for i in [0, FEW_CHILDREN as u32, siblings - 1] {
+            assert_eq!(router.publish(message(&format!("s/{i}/x")), 9), 1);
+            assert_eq!(drain(&mut inbox).await, vec![i]);
+        }
+        assert_eq!(router.publish(message("s/none/x"), 9), 0);
+        for key in keys {
+            router.unsubscribe(key);
+        }
+        assert!(router.index.read().wildcard.is_empty(), "every level pruned");
+        subscribe(&router, &mailbox, 1, "s/a", FilterKind::Wildcard, None);
+        assert!(matches!(router.index.read().wildcard.children.get("s").unwrap().children, Children::Few(_)));
+        assert_eq!(router.publish(message("s/a"), 9), 1);
     }
 
     #[tokio::test]
