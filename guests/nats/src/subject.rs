@@ -63,7 +63,8 @@ pub fn to_topic(subject: &str, wildcards: bool) -> Result<String, SubjectError> 
 }
 
 /// [`to_topic`], appended to `topic`: for every published message, into a
-/// reused buffer, in one pass when the subject is plain.
+/// reused buffer, copied whole when the subject is plain. After an error
+/// `topic` may hold part of the mapping.
 pub fn to_topic_into(topic: &mut String, subject: &str, wildcards: bool) -> Result<(), SubjectError> {
     if subject.is_empty() {
         return Err("empty subject");
