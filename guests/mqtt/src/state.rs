@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use rustc_hash::FxHashMap;
+
 use sandport_guest::host;
 use sandport_guest::types::{KvCondition, KvScope, KvSetOptions, LogLevel};
 
@@ -133,8 +135,11 @@ pub struct Conn {
     pub persistent: bool,
     /// The session expiry at CONNECT was 0 (it may not be raised at DISCONNECT).
     pub expiry_zero_at_connect: bool,
-    /// Exchanges of QoS 1 and 2 messages sent to the client.
-    pub outbound: HashMap<u16, Outbound>,
+    /// Exchanges of QoS 1 and 2 messages sent to the client. Fx rather
+    /// than SipHash here and in `subscriptions`: the keys are ids this side
+    /// hands out (packet ids, host ids), so no client chooses them; maps
+    /// keyed by what clients write (filters, topics) stay SipHash.
+    pub outbound: FxHashMap<u16, Outbound>,
     /// QoS 2 packet ids received and answered with PUBREC, not yet released.
     pub inbound_qos2: BTreeSet<u16>,
     /// Topic aliases the client set (5.0).
@@ -144,7 +149,7 @@ pub struct Conn {
     /// Subscriptions: host id by the filter as the client wrote it, and
     /// what the guest knows about each by host id (looked up per delivery).
     filters: HashMap<String, u32>,
-    subscriptions: HashMap<u32, SubscriptionMeta>,
+    subscriptions: FxHashMap<u32, SubscriptionMeta>,
 }
 
 /// Session key-value keys.
