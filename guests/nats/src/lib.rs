@@ -96,13 +96,14 @@ struct State {
     by_sid: FxHashMap<String, u32>,
     /// Reused for the subject of each delivery.
     subject: String,
-    /// Reused for the topic of each publish.
-    topic: String,
     pings_out: u32,
 }
 
 thread_local! {
     static STATE: RefCell<State> = RefCell::default();
+    /// Reused for the topic of each publish; kept apart from `STATE` so a
+    /// publish can fill it while it reads the state.
+    static PUBLISH_TOPIC: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 /// How a frame's handling ended.
@@ -296,61 +297,48 @@ fn handle(state: &mut State, op: Result<Op<'_>, ParseError>, out: &mut Vec<u8>) 
 }
 
 fn publish(
-    state: &mut State,
-    subject: &str,
-    reply: Option<&str>,
-    headers: Option<&[u8]>,
-    payload: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), String> {
-    let mut topic = std::mem::take(&mut state.topic);
-    topic.clear();
-    let outcome = publish_into(state, &mut topic, subject, reply, headers, payload, out);
-    state.topic = topic;
-    outcome
-}
-
-/// [`publish`], with `topic` the buffer the subject is mapped into.
-fn publish_into(
     state: &State,
-    topic: &mut String,
     subject: &str,
     reply: Option<&str>,
     headers: Option<&[u8]>,
     payload: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
-    let reply_topic = subject::to_topic_into(topic, subject, false)
-        .and_then(|()| reply.map(|reply| subject::to_topic(reply, false)).transpose());
-    let reply_topic = match reply_topic {
-        Ok(reply_topic) => reply_topic,
-        Err(_) if state.pedantic => return Err("Invalid Publish Subject".into()),
-        // nats-server takes such a subject unchecked unless pedantic, and
-        // nats-py closes its connection on any other -ERR. A subject that is
-        // no topic cannot be routed, so the message goes nowhere (nats-server
-        // would hand `a.*` to the subscriptions `a.*` and `>`).
-        Err(_) => return Ok(()),
-    };
-    let header_list = match headers {
-        Some(block) => wire::parse_headers(block).ok_or_else(|| "Invalid Header".to_string())?,
-        None => Vec::new(),
-    };
-    let msg = Message { reply_to: reply_topic.as_deref(), headers: &header_list, ..message(topic, payload) };
-    match host::publish(msg) {
-        Ok(outcome) => {
-            if outcome.receivers == 0
-                && state.no_responders
-                && let Some(reply) = reply
-            {
-                no_responders(state, reply, out);
+    PUBLISH_TOPIC.with_borrow_mut(|topic| {
+        topic.clear();
+        let reply_topic = subject::to_topic_into(topic, subject, false)
+            .and_then(|()| reply.map(|reply| subject::to_topic(reply, false)).transpose());
+        let reply_topic = match reply_topic {
+            Ok(reply_topic) => reply_topic,
+            Err(_) if state.pedantic => return Err("Invalid Publish Subject".into()),
+            // nats-server takes such a subject unchecked unless pedantic, and
+            // nats-py closes its connection on any other -ERR. A subject that is
+            // no topic cannot be routed, so the message goes nowhere (nats-server
+            // would hand `a.*` to the subscriptions `a.*` and `>`).
+            Err(_) => return Ok(()),
+        };
+        let header_list = match headers {
+            Some(block) => wire::parse_headers(block).ok_or_else(|| "Invalid Header".to_string())?,
+            None => Vec::new(),
+        };
+        let msg =
+            Message { reply_to: reply_topic.as_deref(), headers: &header_list, ..message(topic, payload) };
+        match host::publish(msg) {
+            Ok(outcome) => {
+                if outcome.receivers == 0
+                    && state.no_responders
+                    && let Some(reply) = reply
+                {
+                    no_responders(state, reply, out);
+                }
+                Ok(())
             }
-            Ok(())
+            Err(e) if e.code == ErrorCode::NotAuthorized => {
+                Err(format!("Permissions Violation for Publish to \"{subject}\""))
+            }
+            Err(e) => Err(e.message),
         }
-        Err(e) if e.code == ErrorCode::NotAuthorized => {
-            Err(format!("Permissions Violation for Publish to \"{subject}\""))
-        }
-        Err(e) => Err(e.message),
-    }
+    })
 }
 
 /// Tell a requester nobody listens: a `503` status on its reply subject.
