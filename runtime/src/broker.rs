@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Auth;
 use crate::config::{Config, ConfigError};
 use crate::kv::Kv;
+use crate::mailbox::Kick;
 use crate::metrics::ProtocolMetrics;
 use crate::net::listener::ListenerTask;
 use crate::net::tls::{self, TlsSetupError};
@@ -278,7 +279,12 @@ impl Broker {
     /// Stop accepting, ask every connection to close, and wait up to the
     /// grace period for them.
     pub async fn shutdown(self) {
+        // Cancelled first: a connection registered after the kicks below
+        // sees the cancellation when it starts (`Connection::run`).
         self.shutdown.cancel();
+        for protocol in self.protocols.values() {
+            protocol.env.connections.kick_all(Kick::Shutdown);
+        }
         self.tracker.close();
         if tokio::time::timeout(self.grace, self.tracker.wait()).await.is_err() {
             tracing::warn!(

@@ -9,13 +9,20 @@
 //! one allocates nothing (a tokio channel allocates a block of 32 slots up
 //! front, 1.5 KiB for every idle connection), and the connection takes a
 //! whole batch under one lock.
+//!
+//! One task waits on a mailbox, its connection's, for deliveries and kicks
+//! alike, so one [`AtomicWaker`] wakes it for both. The connection polls
+//! both waits each time it wakes; registering with an `AtomicWaker` is an
+//! atomic swap where a `Notify` takes a lock to add its waiter to a list and
+//! another to take it out again.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
 
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 use crate::store::StoredMessage;
 use crate::wasm::bindings::types::Qos;
@@ -69,6 +76,8 @@ pub enum Kick {
     SlowConsumer,
     /// Another connection of the protocol asked for it.
     ClosedByRequest,
+    /// The broker is shutting down.
+    Shutdown,
 }
 
 /// The sending side, held by the router for every subscription.
@@ -76,14 +85,14 @@ pub struct Mailbox {
     /// Connection id, for no-local and logs.
     pub connection: u64,
     queue: Mutex<VecDeque<Routed>>,
-    /// Woken when the queue stops being empty.
-    arrived: Notify,
+    /// The connection task, woken when the queue stops being empty and
+    /// when the connection is kicked.
+    waker: AtomicWaker,
     /// The inbox was dropped: pushes are refused.
     closed: AtomicBool,
     queued_bytes: AtomicUsize,
     limit: usize,
     dropped: AtomicU64,
-    kick: Notify,
     kick_reason: Mutex<Option<Kick>>,
 }
 
@@ -110,12 +119,11 @@ impl Mailbox {
         let mailbox = Arc::new(Mailbox {
             connection,
             queue: Mutex::new(VecDeque::new()),
-            arrived: Notify::new(),
+            waker: AtomicWaker::new(),
             closed: AtomicBool::new(false),
             queued_bytes: AtomicUsize::new(0),
             limit,
             dropped: AtomicU64::new(0),
-            kick: Notify::new(),
             kick_reason: Mutex::new(None),
         });
         (mailbox.clone(), Inbox { mailbox })
@@ -152,10 +160,10 @@ impl Mailbox {
             queue.len() == 1
         };
         // The inbox sleeps only on an empty queue, so only the first push
-        // after it emptied needs to wake it (a stored permit covers a push
-        // that lands between its check and its wait).
+        // after it emptied needs to wake it (it registers before it looks,
+        // so a push that lands in between wakes it too).
         if was_empty {
-            self.arrived.notify_one();
+            self.waker.wake();
         }
         Pushed::Queued
     }
@@ -170,14 +178,17 @@ impl Mailbox {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Wait until the connection is asked to close; returns why.
+    /// Wait until the connection is asked to close; returns why. Only the
+    /// connection's own task may wait (see the module's notes).
     pub async fn kicked(&self) -> Kick {
-        loop {
-            if let Some(reason) = *self.kick_reason.lock() {
-                return reason;
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            match *self.kick_reason.lock() {
+                Some(reason) => Poll::Ready(reason),
+                None => Poll::Pending,
             }
-            self.kick.notified().await;
-        }
+        })
+        .await
     }
 
     /// Ask the connection to close. The first reason wins.
@@ -187,7 +198,7 @@ impl Mailbox {
             *slot = Some(reason);
         }
         drop(slot);
-        self.kick.notify_one();
+        self.waker.wake();
     }
 }
 
@@ -197,13 +208,15 @@ impl Inbox {
     /// output for one batch stays within the outbound buffer. Returns how
     /// many were taken. Cancel-safe: nothing is taken unless it returns.
     pub async fn recv_batch(&mut self, into: &mut Vec<Routed>, max: usize, max_bytes: usize) -> usize {
-        loop {
-            let taken = self.take_into(into, max, max_bytes);
-            if taken > 0 {
-                return taken;
+        std::future::poll_fn(|cx| {
+            // Registered before looking, so a push after the look wakes us.
+            self.mailbox.waker.register(cx.waker());
+            match self.take_into(into, max, max_bytes) {
+                0 => Poll::Pending,
+                taken => Poll::Ready(taken),
             }
-            self.mailbox.arrived.notified().await;
-        }
+        })
+        .await
     }
 
     /// Take what is waiting now, without waiting: at most `max` deliveries
@@ -286,6 +299,30 @@ mod tests {
         mailbox.push(routed("b"));
         let taken = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken").unwrap();
         assert_eq!(taken, 2);
+    }
+
+    #[tokio::test]
+    async fn one_task_waiting_for_deliveries_and_kicks_wakes_for_either() {
+        let (mailbox, mut inbox) = Mailbox::new(1, 1 << 20);
+        let waiting = mailbox.clone();
+        let waiter = tokio::spawn(async move {
+            let mut batch = Vec::new();
+            let mut woken = Vec::new();
+            for _ in 0..2 {
+                tokio::select! {
+                    kick = waiting.kicked() => woken.push(format!("{kick:?}")),
+                    taken = inbox.recv_batch(&mut batch, 10, usize::MAX) => woken.push(format!("{taken} taken")),
+                }
+            }
+            woken
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        mailbox.push(routed("a"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        mailbox.kick(Kick::Shutdown);
+        mailbox.kick(Kick::SlowConsumer);
+        let woken = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken").unwrap();
+        assert_eq!(woken, ["1 taken", "Shutdown"], "the first kick's reason wins");
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
 //! The open connections of one protocol, so a guest can list them and
-//! close one on request (Redis `CLIENT LIST` / `CLIENT KILL`).
+//! close one on request (Redis `CLIENT LIST` / `CLIENT KILL`), and the
+//! broker can ask them all to close when it shuts down.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -66,6 +67,13 @@ impl ConnectionRegistry {
                 age_ms: e.opened.elapsed().as_millis() as u64,
             })
             .collect()
+    }
+
+    /// Ask every connection to close, for `reason`.
+    pub fn kick_all(&self, reason: Kick) {
+        for entry in self.entries.lock().values() {
+            entry.mailbox.kick(reason);
+        }
     }
 
     /// Ask connection `id` to close; returns whether it exists.

@@ -1,5 +1,7 @@
 //! The example `echo` guest over a raw socket: replies, pub/sub, limits.
 
+use std::time::Duration;
+
 use sandport_tests::{LineClient, TestBroker};
 
 const CONFIG: &str = r#"
@@ -79,4 +81,28 @@ async fn oversized_line_closes_only_that_connection() {
     assert_eq!(broker.counter("echo", "framing_errors"), 1);
     assert_eq!(bystander.ask("PING").await, "PONG");
     broker.shutdown().await;
+}
+
+/// Shutting down asks every open connection to close at once: a quiet one,
+/// a subscribed one and one halfway through a line all end long before the
+/// grace period, which is there only for connections slow to finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_open_connections_at_once() {
+    let config = format!("[broker]\nshutdown_grace_ms = 60000\n{CONFIG}");
+    let broker = TestBroker::start(&config).await;
+    let addr = broker.addr("echo");
+    let mut quiet = LineClient::connect(addr).await;
+    assert_eq!(quiet.ask("PING").await, "PONG");
+    let mut subscribed = LineClient::connect(addr).await;
+    assert!(subscribed.ask("SUB chat/#").await.starts_with("+OK "));
+    let mut halfway = LineClient::connect(addr).await;
+    assert_eq!(halfway.ask("PING").await, "PONG");
+    halfway.send(b"ECHO not finish").await;
+
+    tokio::time::timeout(Duration::from_secs(10), broker.shutdown())
+        .await
+        .expect("shutdown waited for the grace period: the connections were not told to close");
+    for mut client in [quiet, subscribed, halfway] {
+        assert!(client.expect_closed().await.is_empty());
+    }
 }

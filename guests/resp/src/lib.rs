@@ -229,12 +229,11 @@ fn wrong_arity(enc: Encoder, out: &mut Vec<u8>, name: &str) {
     enc.error(out, &format!("ERR wrong number of arguments for '{}' command", name.to_ascii_lowercase()));
 }
 
-/// Run one command; returns false when the connection is closing.
 /// Longest command name looked up; longer ones are unknown.
 const MAX_COMMAND_NAME: usize = 32;
 
-/// `raw` upper-cased into `buffer`, or a lossy copy for the error text when
-/// it is too long or not UTF-8 (no command matches either).
+/// `raw` upper-cased into `buffer`, or "" when it is too long or not UTF-8
+/// (no command matches either).
 fn command_name<'b>(raw: &[u8], buffer: &'b mut [u8; MAX_COMMAND_NAME]) -> &'b str {
     let Some(copy) = buffer.get_mut(..raw.len()) else { return "" };
     copy.copy_from_slice(raw);
@@ -242,6 +241,7 @@ fn command_name<'b>(raw: &[u8], buffer: &'b mut [u8; MAX_COMMAND_NAME]) -> &'b s
     std::str::from_utf8(copy).unwrap_or("")
 }
 
+/// Run one command; returns false when the connection is closing.
 fn command(state: &mut State, args: &[&[u8]], out: &mut Vec<u8>) -> bool {
     let enc = state.encoder();
     // Upper-cased on the stack: this runs for every command.
@@ -865,6 +865,16 @@ mod tests {
         assert_eq!(channel_topic(b"news/sport"), "news/sport");
         assert_eq!(channel_topic(b"a+b#c%"), "a%2Bb%23c%25");
         assert_eq!(topic_channel("a%2Bb%23c%25"), b"a+b#c%");
+    }
+
+    #[test]
+    fn command_names_are_upper_cased_or_nothing() {
+        let mut buffer = [0u8; MAX_COMMAND_NAME];
+        assert_eq!(command_name(b"publish", &mut buffer), "PUBLISH");
+        assert_eq!(command_name(b"PiNg", &mut buffer), "PING");
+        assert_eq!(command_name("pïng".as_bytes(), &mut buffer), "PïNG", "only ASCII letters change");
+        assert_eq!(command_name(b"\xffping", &mut buffer), "", "not UTF-8");
+        assert_eq!(command_name(&[b'a'; MAX_COMMAND_NAME + 1], &mut buffer), "", "too long");
     }
 
     #[test]

@@ -91,6 +91,15 @@ enum End {
     Fault(Fault),
 }
 
+impl From<Kick> for End {
+    fn from(kick: Kick) -> Self {
+        match kick {
+            Kick::Shutdown => End::Shutdown,
+            other => End::Kicked(other),
+        }
+    }
+}
+
 impl End {
     fn reason(&self) -> CloseReason {
         match self {
@@ -102,7 +111,7 @@ impl End {
             End::Kicked(Kick::ClosedByRequest) => CloseReason::ClosedByRequest,
             End::Framing(why) => CloseReason::ProtocolError(why.clone()),
             End::TooLarge => CloseReason::FrameTooLarge,
-            End::Shutdown => CloseReason::ServerShutdown,
+            End::Shutdown | End::Kicked(Kick::Shutdown) => CloseReason::ServerShutdown,
             End::Fault(fault) => CloseReason::ProtocolError(fault.to_string()),
         }
     }
@@ -297,31 +306,47 @@ enum Wake {
     Deliveries,
     Deadline,
     Kicked(Kick),
-    Shutdown,
 }
 
 impl Connection {
     async fn run(&mut self, info: &ConnectionInfo) -> End {
+        // From here on shutdown reaches the connection as a kick: the broker
+        // cancels, then kicks every registered connection, and this one was
+        // registered before it looked.
+        if self.shutdown.is_cancelled() {
+            return End::Shutdown;
+        }
         if let Err(end) = self.open(info).await {
             return end;
         }
         // Grows with the first deliveries: quiet connections keep none.
         let mut batch = Vec::new();
+        // One timer for the connection's life, moved as its deadline moves:
+        // a new one per wake would be put into tokio's timer wheel and taken
+        // out again every time (under the wheel's lock); pushing a
+        // registered one later is lock-free.
+        let mut armed = self.next_deadline();
+        let timer = tokio::time::sleep_until(armed.unwrap_or_else(Instant::now));
+        tokio::pin!(timer);
         loop {
             let deadline = self.next_deadline();
+            if deadline != armed
+                && let Some(at) = deadline
+            {
+                timer.as_mut().reset(at);
+            }
+            armed = deadline;
             self.inbuf.reserve(self.read_size);
             let room = self.inbuf.capacity() - self.inbuf.len();
             let wake = tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => Wake::Shutdown,
                 kick = self.mailbox.kicked() => Wake::Kicked(kick),
                 read = self.stream.read_buf(&mut self.inbuf) => Wake::Read(read),
                 _ = next_batch(self.guest.state_mut(), &mut batch, self.batch_bytes) => Wake::Deliveries,
-                _ = sleep_until(deadline) => Wake::Deadline,
+                _ = &mut timer, if armed.is_some() => Wake::Deadline,
             };
             let step = match wake {
-                Wake::Shutdown => Err(End::Shutdown),
-                Wake::Kicked(kick) => Err(End::Kicked(kick)),
+                Wake::Kicked(kick) => Err(End::from(kick)),
                 Wake::Read(Ok(0)) => Err(End::PeerClosed),
                 Wake::Read(Ok(n)) => {
                     if n >= room {
@@ -525,7 +550,7 @@ impl Connection {
             // Acknowledgements in the output promise durability: wait for it.
             let stored = tokio::select! {
                 stored = self.core.store.wait(ticket) => stored,
-                _ = self.shutdown.cancelled() => return Err(End::Shutdown),
+                kick = self.mailbox.kicked() => return Err(End::from(kick)),
             };
             if let Err(e) = stored {
                 tracing::error!(peer = %self.peer, "closing: {e}");
@@ -546,10 +571,12 @@ impl Connection {
         if out.is_empty() {
             return Ok(());
         }
+        // The write first: it nearly always completes at once, and then the
+        // kick is not even looked at.
         let written = tokio::select! {
+            biased;
             written = self.stream.write_all(&out) => written,
-            kick = self.mailbox.kicked() => return Err(End::Kicked(kick)),
-            _ = self.shutdown.cancelled() => return Err(End::Shutdown),
+            kick = self.mailbox.kicked() => return Err(End::from(kick)),
         };
         // Keep the allocation for the next call.
         let mut out = out;
@@ -680,13 +707,6 @@ async fn next_batch(state: &mut GuestState, batch: &mut Vec<Routed>, max_bytes: 
         Some(inbox) => {
             inbox.recv_batch(batch, MAX_DELIVERY_BATCH, max_bytes).await;
         }
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
