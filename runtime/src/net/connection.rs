@@ -84,20 +84,11 @@ enum End {
     /// `on-frames` returned an error: the client broke the protocol.
     ProtocolError,
     IdleTimeout,
+    /// Asked to close by the rest of the broker, shutdown included.
     Kicked(Kick),
     Framing(String),
     TooLarge,
-    Shutdown,
     Fault(Fault),
-}
-
-impl From<Kick> for End {
-    fn from(kick: Kick) -> Self {
-        match kick {
-            Kick::Shutdown => End::Shutdown,
-            other => End::Kicked(other),
-        }
-    }
 }
 
 impl End {
@@ -111,7 +102,7 @@ impl End {
             End::Kicked(Kick::ClosedByRequest) => CloseReason::ClosedByRequest,
             End::Framing(why) => CloseReason::ProtocolError(why.clone()),
             End::TooLarge => CloseReason::FrameTooLarge,
-            End::Shutdown | End::Kicked(Kick::Shutdown) => CloseReason::ServerShutdown,
+            End::Kicked(Kick::Shutdown) => CloseReason::ServerShutdown,
             End::Fault(fault) => CloseReason::ProtocolError(fault.to_string()),
         }
     }
@@ -314,7 +305,7 @@ impl Connection {
         // cancels, then kicks every registered connection, and this one was
         // registered before it looked.
         if self.shutdown.is_cancelled() {
-            return End::Shutdown;
+            return End::Kicked(Kick::Shutdown);
         }
         if let Err(end) = self.open(info).await {
             return end;
@@ -346,7 +337,7 @@ impl Connection {
                 _ = &mut timer, if armed.is_some() => Wake::Deadline,
             };
             let step = match wake {
-                Wake::Kicked(kick) => Err(End::from(kick)),
+                Wake::Kicked(kick) => Err(End::Kicked(kick)),
                 Wake::Read(Ok(0)) => Err(End::PeerClosed),
                 Wake::Read(Ok(n)) => {
                     if n >= room {
@@ -550,11 +541,11 @@ impl Connection {
             // Acknowledgements in the output promise durability: wait for it.
             let stored = tokio::select! {
                 stored = self.core.store.wait(ticket) => stored,
-                kick = self.mailbox.kicked() => return Err(End::from(kick)),
+                kick = self.mailbox.kicked() => return Err(End::Kicked(kick)),
             };
             if let Err(e) = stored {
                 tracing::error!(peer = %self.peer, "closing: {e}");
-                return Err(End::Shutdown);
+                return Err(End::Kicked(Kick::Shutdown));
             }
         }
         self.flush().await?;
@@ -576,7 +567,7 @@ impl Connection {
         let written = tokio::select! {
             biased;
             written = self.stream.write_all(&out) => written,
-            kick = self.mailbox.kicked() => return Err(End::from(kick)),
+            kick = self.mailbox.kicked() => return Err(End::Kicked(kick)),
         };
         // Keep the allocation for the next call.
         let mut out = out;
