@@ -45,13 +45,7 @@ impl<'a> Iterator for Frames<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         let rest = &self.buffer[self.handled..];
         let window = &rest[..rest.len().min(MAX_CONTROL_LINE + 2)];
-        // The line's end and whether it is all ASCII, in one pass: an ASCII
-        // line (nearly every one) then needs no separate UTF-8 check.
-        let mut high_bits = 0u8;
-        let newline = window.iter().position(|&byte| {
-            high_bits |= byte;
-            byte == b'\n'
-        });
+        let (newline, ascii) = line_end(window);
         let Some(newline) = newline else {
             if rest.len() > MAX_CONTROL_LINE {
                 self.handled += MAX_CONTROL_LINE + 1;
@@ -64,7 +58,7 @@ impl<'a> Iterator for Frames<'a> {
             self.handled += line_end;
             return Some(Err(ParseError::ControlLineTooLong));
         }
-        let line = match line_text(&rest[..newline], high_bits.is_ascii()) {
+        let line = match line_text(&rest[..newline], ascii) {
             Some(text) => read_line(text, self.max_payload),
             None => Err(ParseError::UnknownOperation),
         };
@@ -115,28 +109,67 @@ fn decimal(text: &[u8]) -> Option<usize> {
 
 /// The words of `args`, split at spaces and tabs, and how many there are;
 /// `None` if more than `N`. The separators are ASCII, so every word is a
-/// valid `str` slice of the line.
+/// valid `str` slice of the line. Two tight loops (separators, then a word)
+/// rather than one that tracks where a word started.
 fn words<const N: usize>(args: &str) -> Option<([&str; N], usize)> {
+    let bytes = args.as_bytes();
     let mut slots = [""; N];
     let mut count = 0;
-    let bytes = args.as_bytes();
-    let mut start = None;
-    for i in 0..=bytes.len() {
-        let separator = bytes.get(i).is_none_or(|b| is_separator(*b));
-        match (start, separator) {
-            (None, false) => start = Some(i),
-            (Some(from), true) => {
-                if count == N {
-                    return None;
-                }
-                slots[count] = &args[from..i];
-                count += 1;
-                start = None;
-            }
-            _ => {}
+    let mut at = 0;
+    loop {
+        while at < bytes.len() && is_separator(bytes[at]) {
+            at += 1;
         }
+        if at == bytes.len() {
+            return Some((slots, count));
+        }
+        let start = at;
+        while at < bytes.len() && !is_separator(bytes[at]) {
+            at += 1;
+        }
+        if count == N {
+            return None;
+        }
+        slots[count] = &args[start..at];
+        count += 1;
     }
-    Some((slots, count))
+}
+
+/// Where the control line at the start of `window` ends (the index of its
+/// LF), and whether the bytes before that are all ASCII: one pass, eight
+/// bytes at a time. This runs for every operation; a byte at a time it was
+/// the guest's largest cost. (The `memchr` crate reads four bytes at a time
+/// on wasm32 and would leave the ASCII check to a second pass.)
+fn line_end(window: &[u8]) -> (Option<usize>, bool) {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGH_BITS: u64 = u64::from_le_bytes([0x80; 8]);
+    const NEWLINES: u64 = u64::from_le_bytes([b'\n'; 8]);
+    // Every byte before the line's end, ORed: ASCII if no high bit is set.
+    let mut seen = 0u64;
+    let mut chunks = window.chunks_exact(8);
+    for (index, chunk) in chunks.by_ref().enumerate() {
+        let word = u64::from_le_bytes(chunk.try_into().expect("chunks of eight"));
+        // Zero bytes of `diff` are LFs of `word`. The test below flags every
+        // zero byte and may flag bytes above one (a borrow), so its lowest
+        // flag is the first LF.
+        let diff = word ^ NEWLINES;
+        let newlines = diff.wrapping_sub(ONES) & !diff & HIGH_BITS;
+        if newlines != 0 {
+            let offset = newlines.trailing_zeros() as usize / 8;
+            let before = word & ((1u64 << (8 * offset)) - 1);
+            return (Some(index * 8 + offset), (seen | before) & HIGH_BITS == 0);
+        }
+        seen |= word;
+    }
+    let tail = window.len() - chunks.remainder().len();
+    let mut ascii = seen & HIGH_BITS == 0;
+    for (offset, &byte) in chunks.remainder().iter().enumerate() {
+        if byte == b'\n' {
+            return (Some(tail + offset), ascii);
+        }
+        ascii &= byte.is_ascii();
+    }
+    (None, ascii)
 }
 
 /// A parsed client operation.
@@ -189,6 +222,23 @@ fn line_text(line: &[u8], ascii: bool) -> Option<&str> {
     std::str::from_utf8(line).ok()
 }
 
+/// An operation's name in upper case, as nats-server matches it without
+/// regard to case; empty if it is none. The length and one letter pick the
+/// only candidate, so one comparison decides.
+fn op_name(name: &[u8]) -> &'static [u8] {
+    let candidate: &'static [u8] = match name.len() {
+        3 if name[0].eq_ignore_ascii_case(&b'P') => b"PUB",
+        3 => b"SUB",
+        4 if name[1].eq_ignore_ascii_case(&b'P') => b"HPUB",
+        4 if name[1].eq_ignore_ascii_case(&b'I') => b"PING",
+        4 => b"PONG",
+        5 => b"UNSUB",
+        7 => b"CONNECT",
+        _ => return b"",
+    };
+    if candidate.eq_ignore_ascii_case(name) { candidate } else { b"" }
+}
+
 /// Read one control line (without its LF).
 fn read_line(line: &str, max_payload: usize) -> Result<Line<'_>, ParseError> {
     let line = line.strip_suffix('\r').unwrap_or(line);
@@ -201,15 +251,7 @@ fn read_line(line: &str, max_payload: usize) -> Result<Line<'_>, ParseError> {
     let words = words.as_ref().map(|(slots, count)| &slots[..*count]);
     // Compared as bytes: a second UTF-8 check of the name cost a call per
     // operation.
-    let mut upper = [0u8; 7];
-    let op: &[u8] = match upper.get_mut(..op.len()) {
-        Some(name) => {
-            name.copy_from_slice(op.as_bytes());
-            name.make_ascii_uppercase();
-            name
-        }
-        None => b"",
-    };
+    let op = op_name(op.as_bytes());
     // Sent bare, an operation that takes arguments is no operation at all
     // to nats-server ("Unknown Protocol Operation"); malformed arguments
     // close the connection without a word.
@@ -367,6 +409,43 @@ mod tests {
             assert_eq!(frames.handled(), frame.len(), "a read operation is the whole frame");
         }
         op
+    }
+
+    #[test]
+    fn line_ends_and_ascii_are_found_at_every_offset() {
+        for len in 0..40 {
+            for newline in (0..len).map(Some).chain([None]) {
+                for high in (0..len).map(Some).chain([None]) {
+                    let mut window = vec![b'a'; len];
+                    if let Some(at) = high {
+                        window[at] = 0xC3;
+                    }
+                    if let Some(at) = newline {
+                        window[at] = b'\n';
+                    }
+                    let end = window.iter().position(|&b| b == b'\n');
+                    let ascii = window[..end.unwrap_or(len)].is_ascii();
+                    assert_eq!(line_end(&window), (end, ascii), "{window:?}");
+                }
+            }
+        }
+        // A second LF, and bytes that borrow in the word arithmetic.
+        assert_eq!(line_end(b"\x0b\n\n\x01\x00\x80abcdefgh"), (Some(1), true));
+        assert_eq!(line_end(b"\x00\x01\x0b\x0a"), (Some(3), true));
+    }
+
+    #[test]
+    fn operation_names_match_whole_and_in_any_case() {
+        for name in ["PUB", "HPUB", "SUB", "UNSUB", "PING", "PONG", "CONNECT"] {
+            assert_eq!(op_name(name.as_bytes()), name.as_bytes());
+            assert_eq!(op_name(name.to_ascii_lowercase().as_bytes()), name.as_bytes());
+        }
+        assert_eq!(op_name(b"pUb"), b"PUB");
+        for near in
+            ["PUX", "XUB", "SUBS", "HPUX", "PINGS", "PANG", "UNSUX", "CONNEC", "XONNECT", "P\u{dc}B", ""]
+        {
+            assert_eq!(op_name(near.as_bytes()), b"", "{near}");
+        }
     }
 
     #[test]
