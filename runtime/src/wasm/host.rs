@@ -84,6 +84,48 @@ impl GuestState {
         }
     }
 
+    /// [`host::Host::attach_session`]'s work, kept out of line: its frame
+    /// is gone before wasmtime lowers the result, which calls into the
+    /// guest's allocator, the deepest point of a CONNECT on the fiber stack.
+    /// Inlined (as whole-program LTO did), an idle connection kept two pages
+    /// of that stack instead of one.
+    #[inline(never)]
+    fn attach_session_outlined(
+        &mut self,
+        client_id: String,
+        options: SessionOptions,
+    ) -> wasmtime::Result<Result<SessionInfo, HostError>> {
+        let _timed = HostTime::enter();
+        let link = self.link()?;
+        let (broker, mailbox) = (link.broker.clone(), link.mailbox.clone());
+        self.charge(client_id.len())?;
+        if client_id.len() > MAX_NAME_BYTES {
+            return refuse(ErrorCode::Invalid, "client id longer than 1024 bytes");
+        }
+        if self.session.is_some() {
+            return refuse(ErrorCode::Invalid, "a session is already attached");
+        }
+        if self.principal.is_none() {
+            return Ok(Err(unauthenticated()));
+        }
+        let attached = broker.sessions.attach(
+            &broker.router,
+            &self.env.name,
+            &client_id,
+            options.clean,
+            options.expiry_secs,
+            options.max_inflight,
+            &mailbox,
+        );
+        let info = SessionInfo {
+            client_id: attached.session.client_id.clone(),
+            present: attached.present,
+            subscriptions: attached.subscriptions,
+        };
+        self.session = Some(attached.session);
+        Ok(Ok(info))
+    }
+
     /// Validate a message the guest wants published (now or as a will).
     fn check_message(&self, message: &Message) -> Result<(), HostError> {
         let invalid = |m: String| HostError { code: ErrorCode::Invalid, message: m };
@@ -362,35 +404,7 @@ impl host::Host for GuestState {
         client_id: String,
         options: SessionOptions,
     ) -> wasmtime::Result<Result<SessionInfo, HostError>> {
-        let _timed = HostTime::enter();
-        let link = self.link()?;
-        let (broker, mailbox) = (link.broker.clone(), link.mailbox.clone());
-        self.charge(client_id.len())?;
-        if client_id.len() > MAX_NAME_BYTES {
-            return refuse(ErrorCode::Invalid, "client id longer than 1024 bytes");
-        }
-        if self.session.is_some() {
-            return refuse(ErrorCode::Invalid, "a session is already attached");
-        }
-        if self.principal.is_none() {
-            return Ok(Err(unauthenticated()));
-        }
-        let attached = broker.sessions.attach(
-            &broker.router,
-            &self.env.name,
-            &client_id,
-            options.clean,
-            options.expiry_secs,
-            options.max_inflight,
-            &mailbox,
-        );
-        let info = SessionInfo {
-            client_id: attached.session.client_id.clone(),
-            present: attached.present,
-            subscriptions: attached.subscriptions,
-        };
-        self.session = Some(attached.session);
-        Ok(Ok(info))
+        self.attach_session_outlined(client_id, options)
     }
 
     fn set_session_expiry(&mut self, expiry_secs: Option<u32>) -> wasmtime::Result<Result<(), HostError>> {
