@@ -45,7 +45,7 @@ impl<'a> Iterator for Frames<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         let rest = &self.buffer[self.handled..];
         let window = &rest[..rest.len().min(MAX_CONTROL_LINE + 2)];
-        let (newline, ascii) = line_end(window);
+        let (newline, ascii) = find_line_end(window);
         let Some(newline) = newline else {
             if rest.len() > MAX_CONTROL_LINE {
                 self.handled += MAX_CONTROL_LINE + 1;
@@ -140,7 +140,7 @@ fn words<const N: usize>(args: &str) -> Option<([&str; N], usize)> {
 /// bytes at a time. This runs for every operation; a byte at a time it was
 /// the guest's largest cost. (The `memchr` crate reads four bytes at a time
 /// on wasm32 and would leave the ASCII check to a second pass.)
-fn line_end(window: &[u8]) -> (Option<usize>, bool) {
+fn find_line_end(window: &[u8]) -> (Option<usize>, bool) {
     const ONES: u64 = u64::from_le_bytes([0x01; 8]);
     const HIGH_BITS: u64 = u64::from_le_bytes([0x80; 8]);
     const NEWLINES: u64 = u64::from_le_bytes([b'\n'; 8]);
@@ -425,13 +425,13 @@ mod tests {
                     }
                     let end = window.iter().position(|&b| b == b'\n');
                     let ascii = window[..end.unwrap_or(len)].is_ascii();
-                    assert_eq!(line_end(&window), (end, ascii), "{window:?}");
+                    assert_eq!(find_line_end(&window), (end, ascii), "{window:?}");
                 }
             }
         }
         // A second LF, and bytes that borrow in the word arithmetic.
-        assert_eq!(line_end(b"\x0b\n\n\x01\x00\x80abcdefgh"), (Some(1), true));
-        assert_eq!(line_end(b"\x00\x01\x0b\x0a"), (Some(3), true));
+        assert_eq!(find_line_end(b"\x0b\n\n\x01\x00\x80abcdefgh"), (Some(1), true));
+        assert_eq!(find_line_end(b"\x00\x01\x0b\x0a"), (Some(3), true));
     }
 
     #[test]
