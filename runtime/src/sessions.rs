@@ -26,6 +26,7 @@ use crate::mailbox::{Mailbox, Pushed, Routed};
 use crate::router::{Router, Subscription, SubscriptionKey, Target};
 use crate::store::{Op, QueuedRecord, SessionRecord, Snapshot, Store, StoredMessage};
 use crate::wasm::bindings::types::{Qos, SubscribeOptions, SubscriptionInfo};
+use crate::wasm::guest_text::GuestText;
 
 /// Current time in Unix seconds.
 pub fn unix_now() -> u64 {
@@ -223,7 +224,7 @@ impl Session {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             match self.queue_settings.policy {
                 QueueFullPolicy::Refuse => {
-                    tracing::debug!(session = %self.client_id, "queue full: delivery refused");
+                    tracing::debug!(session = %GuestText(&self.client_id), "queue full: delivery refused");
                     return;
                 }
                 QueueFullPolicy::DropOldest => {
@@ -234,7 +235,7 @@ impl Session {
                         if inner.persistent {
                             self.store.submit(vec![Op::Dequeue { key: self.store_key.clone(), seq }]);
                         }
-                        tracing::debug!(session = %self.client_id, seq, "queue full: oldest delivery dropped");
+                        tracing::debug!(session = %GuestText(&self.client_id), seq, "queue full: oldest delivery dropped");
                     }
                 }
             }
@@ -319,11 +320,11 @@ impl Session {
         if let Some(previous) = inner.holder.replace(mailbox.clone())
             && previous.connection != mailbox.connection
         {
-            tracing::info!(protocol = %self.protocol, client_id = %self.client_id, old = previous.connection, new = mailbox.connection, "session taken over");
+            tracing::info!(protocol = %self.protocol, client_id = %GuestText(&self.client_id), old = previous.connection, new = mailbox.connection, "session taken over");
             previous.kick(crate::mailbox::Kick::SessionTakenOver);
         }
         if let Some(will) = inner.pending_will.take() {
-            tracing::debug!(protocol = %self.protocol, client_id = %self.client_id, "session resumed: delayed will cancelled");
+            tracing::debug!(protocol = %self.protocol, client_id = %GuestText(&self.client_id), "session resumed: delayed will cancelled");
             will.settle(WILL_CANCELLED);
         }
         inner.expiry_secs = expiry_secs;
@@ -593,7 +594,7 @@ impl Sessions {
         let expired: Vec<Arc<Session>> =
             self.map.lock().values().filter(|s| s.expired_at(now)).cloned().collect();
         for session in &expired {
-            tracing::debug!(protocol = %session.protocol, client_id = %session.client_id, "session expired");
+            tracing::debug!(protocol = %session.protocol, client_id = %GuestText(&session.client_id), "session expired");
             self.destroy(router, session);
         }
         expired.len()

@@ -410,3 +410,22 @@ async fn every_misbehaviour_leaves_a_clear_log_line() {
     broker.wait_log(&["connection refused", "crash-loop breaker is open"]).await;
     broker.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_text_is_logged_with_control_characters_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hostile.toml");
+    std::fs::write(&path, with_guest_paths(&format!("[storage]\nengine = \"memory\"\n{CONFIG}"))).unwrap();
+    let broker = BrokerProcess::start(&path, &["hostile", "echo"]).await;
+    let mut client = LineClient::connect(broker.addr("hostile")).await;
+    assert_eq!(client.ask("forge").await, "+OK");
+    // Each would otherwise end its log line early and start a forged one,
+    // or reach the operator's terminal as an escape sequence.
+    broker.wait_log(&["guest: logged: first line\\nforged: second line \\u{1b}[2J"]).await;
+    broker.wait_log(&["guest: printed: \\u{1b}[2J\\r"]).await;
+    let mut closing = LineClient::connect(broker.addr("hostile")).await;
+    closing.send_line("frame-forge").await;
+    closing.expect_closed().await;
+    broker.wait_log(&["closing on protocol error: closing\\nforged: a line of its own"]).await;
+    broker.terminate().await;
+}

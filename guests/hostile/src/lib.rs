@@ -19,12 +19,14 @@
 //! close-loop             spins in on-close when the connection ends
 //! huge-topic | huge-headers | bad-ids | outside-grants
 //!                        calls the host with bad arguments; answers -ERR lines
+//! forge                  logs and prints text with a newline and terminal escapes in it
 //! ```
 //!
 //! Framing is the guest's own (lines, in `on-stream`), so its answers can
 //! lie too: input starting `frame-loop` spins, `frame-zero` reports bytes
 //! handled in no frame, `frame-long` more bytes than it was given,
-//! `frame-huge` a next frame larger than any limit. `probe` spins on a prefix starting `loop-probe`, and
+//! `frame-huge` a next frame larger than any limit, `frame-forge` a close
+//! reason with a newline in it. `probe` spins on a prefix starting `loop-probe`, and
 //! `on-open` spins on a listener named `loop-open`.
 
 // Natively (tests, fuzzing) nothing is exported, so the handler looks unused.
@@ -34,7 +36,8 @@ use std::cell::Cell;
 use std::hint::black_box;
 
 use sandport_guest::types::{
-    CloseReason, ConnectionInfo, Framing, Message, NextFrame, ProbeResult, ProtocolInfo, StreamScan, Will,
+    CloseReason, ConnectionInfo, Framing, LogLevel, Message, NextFrame, ProbeResult, ProtocolInfo,
+    StreamScan, Will,
 };
 use sandport_guest::{Handler, host, message, wildcard_subscription};
 
@@ -155,6 +158,11 @@ fn command(line: &str) {
             answer("publish", host::publish(message("forbidden/x", b"x")));
             answer("subscribe", host::subscribe("#", wildcard_subscription()));
         }
+        "forge" => {
+            host::log(LogLevel::Warn, "logged: first line\nforged: second line \u{1b}[2J");
+            eprintln!("printed: \u{1b}[2J\r");
+            host::send(b"+OK\n");
+        }
         _ => host::send(b"unknown\n"),
     }
 }
@@ -187,6 +195,8 @@ impl Handler for Hostile {
             return scan(data.len() + 10, 1, NextFrame::Unknown);
         } else if data.starts_with(b"frame-huge") {
             return scan(0, 0, NextFrame::Needs(u32::MAX));
+        } else if data.starts_with(b"frame-forge") {
+            return Err("closing\nforged: a line of its own".into());
         }
         let (mut handled, mut frames) = (0, 0);
         for line in data.split_inclusive(|b| *b == b'\n').take_while(|line| line.ends_with(b"\n")) {

@@ -52,7 +52,7 @@ pub fn on_connect(conn: &mut Conn, flags: u8, body: &[u8], out: &mut Vec<u8>) ->
     let mut r = Reader::new(body);
     let (name, level) = packets::connect_header(&mut r)?;
     if !matches!(name, "MQTT" | "MQIsdp") {
-        return Err(MqttError::protocol(format!("unknown protocol name {name:?}")));
+        return Err(MqttError::protocol(format!("unknown protocol name \"{name}\"")));
     }
     conn.level = level;
     if !matches!((name, level), ("MQTT", LEVEL_311 | LEVEL_5) | ("MQIsdp", LEVEL_31)) {

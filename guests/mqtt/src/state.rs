@@ -5,7 +5,7 @@
 //! retain-as-published), QoS 2 packet ids received but not released, and
 //! QoS 2 packet ids sent whose PUBCOMP is still due.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 
 use rustc_hash::FxHashMap;
 
@@ -53,7 +53,7 @@ impl Limits {
                     Ok(ms) if ms > 0 => limits.connect_timeout_ms = ms,
                     _ => host::log(
                         LogLevel::Warn,
-                        &format!("setting {name} = {value:?} is not a positive number; ignored"),
+                        &format!("setting {name} = \"{value}\" is not a positive number; ignored"),
                     ),
                 }
                 continue;
@@ -71,7 +71,7 @@ impl Limits {
                 Ok(parsed) => *slot = parsed,
                 Err(_) => host::log(
                     LogLevel::Warn,
-                    &format!("setting {name} = {value:?} is not a number from 0 to 65535; ignored"),
+                    &format!("setting {name} = \"{value}\" is not a number from 0 to 65535; ignored"),
                 ),
             }
         }
@@ -141,7 +141,7 @@ pub struct Conn {
     /// keyed by what clients write (filters, topics) stay SipHash.
     pub outbound: FxHashMap<u16, Outbound>,
     /// QoS 2 packet ids received and answered with PUBREC, not yet released.
-    pub inbound_qos2: BTreeSet<u16>,
+    pub inbound_qos2: HashSet<u16>,
     /// Topic aliases the client set (5.0).
     pub aliases_in: HashMap<u16, String>,
     /// Topic aliases the server set.

@@ -31,6 +31,7 @@ use crate::sessions::WillDeferral;
 use crate::store::StoredMessage;
 use crate::wasm::bindings::types::{CloseReason, ConnectionInfo, NextFrame, Transport, Will};
 use crate::wasm::guest::{Fault, Guest};
+use crate::wasm::guest_text::GuestText;
 use crate::wasm::protocol::Protocol;
 use crate::wasm::state::{ConnLink, GuestState};
 
@@ -475,7 +476,7 @@ impl Connection {
                 self.after_call(Ok(())).await?;
                 let env = &self.protocol.env;
                 ProtocolMetrics::bump(&env.metrics.protocol_errors);
-                tracing::info!(protocol = %env.name, peer = %self.peer, conn = self.mailbox.connection, "closing on protocol error: {reason}");
+                tracing::info!(protocol = %env.name, peer = %self.peer, conn = self.mailbox.connection, "closing on protocol error: {}", GuestText(&reason));
                 Err(End::ProtocolError)
             }
             Err(fault) => self.after_call(Err(fault)).await,
@@ -641,7 +642,7 @@ impl Connection {
         }
         match &end {
             End::GuestClosed(reason) => {
-                tracing::debug!(protocol = %env.name, peer = %self.peer, conn = connection, "connection closed by guest: {reason}")
+                tracing::debug!(protocol = %env.name, peer = %self.peer, conn = connection, "connection closed by guest: {}", GuestText(reason))
             }
             other => {
                 tracing::debug!(protocol = %env.name, peer = %self.peer, conn = connection, end = ?other, "connection closed")
@@ -659,7 +660,7 @@ fn publish_will(
     protocol: &str,
 ) {
     let Will { message, delay_secs } = will;
-    tracing::debug!(protocol, conn = connection, topic = %message.topic, delay_secs, "will due");
+    tracing::debug!(protocol, conn = connection, topic = %GuestText(&message.topic), delay_secs, "will due");
     let publish = move |core: &BrokerCore| {
         let stored = Arc::new(StoredMessage::new(message));
         if stored.message.retain {

@@ -25,6 +25,7 @@ use crate::wasm::bindings::types::{
     SubscribeOptions, Will,
 };
 use crate::wasm::cpu::HostTime;
+use crate::wasm::guest_text::GuestText;
 use crate::wasm::state::{GuestState, OwnedSubscription, Violation};
 
 /// Most subscriptions one connection may hold.
@@ -617,7 +618,7 @@ impl host::Host for GuestState {
         let _timed = HostTime::enter();
         let connection = self.link()?.id();
         self.charge(text.len())?;
-        let text = &text[..text.floor_char_boundary(MAX_LOG_BYTES)];
+        let text = GuestText(&text[..text.floor_char_boundary(MAX_LOG_BYTES)]);
         let protocol = &*self.env.name;
         match level {
             LogLevel::Trace => tracing::trace!(protocol, conn = connection, "guest: {text}"),

@@ -6,6 +6,7 @@ pub mod breaker;
 pub mod cpu;
 pub mod engine;
 pub mod guest;
+pub mod guest_text;
 pub mod host;
 pub mod packing;
 pub mod protocol;

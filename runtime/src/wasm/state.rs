@@ -20,6 +20,7 @@ use crate::sessions::unix_now;
 use crate::store::Ticket;
 use crate::wasm::bindings::types::{FilterKind, Qos, Will};
 use crate::wasm::engine::MAX_TABLE_ELEMENTS;
+use crate::wasm::guest_text::GuestText;
 use crate::wasm::packing::pack_routed;
 use crate::wasm::protocol::ProtocolEnv;
 use crate::wasm::stdio::GuestOutput;
@@ -219,7 +220,7 @@ impl GuestState {
             };
             if !allowed {
                 ProtocolMetrics::bump(&env.metrics.deliveries_denied);
-                tracing::debug!(protocol = %env.name, topic = %routed.message.message.topic, "delivery denied by access rules");
+                tracing::debug!(protocol = %env.name, topic = %GuestText(&routed.message.message.topic), "delivery denied by access rules");
                 if let (Some(seq), Some(session)) = (routed.delivery_id, &session) {
                     session.ack(seq);
                 }
@@ -242,7 +243,7 @@ impl GuestState {
                 secs.saturating_sub(u32::try_from(waited).unwrap_or(u32::MAX)).max(1)
             });
             if let Err(e) = pack_routed(routed, id, expiry_secs, packed) {
-                tracing::error!(protocol = %env.name, topic = %routed.message.message.topic, "delivery dropped: {e}");
+                tracing::error!(protocol = %env.name, topic = %GuestText(&routed.message.message.topic), "delivery dropped: {e}");
             }
         }
         env.metrics.deliveries_out.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);

@@ -14,6 +14,8 @@ use parking_lot::Mutex;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
+use crate::wasm::guest_text::GuestText;
+
 /// Longest single log line taken from a guest.
 const MAX_LINE: usize = 1024;
 
@@ -59,7 +61,8 @@ impl OutputState {
             protocol = %self.protocol,
             conn = self.connection,
             stream = self.stream,
-            "guest: {text}"
+            "guest: {}",
+            GuestText(&text)
         );
         self.line.clear();
     }
