@@ -50,15 +50,8 @@ pub struct Routed {
 impl Routed {
     /// A delivery straight from a publish (or from the retained store),
     /// not queued in a session.
-    pub fn live(subscription: u32, message: &Arc<StoredMessage>, qos: Qos, from_retained: bool) -> Self {
-        Routed {
-            subscription,
-            message: message.clone(),
-            qos,
-            delivery_id: None,
-            from_retained,
-            redelivered: false,
-        }
+    pub fn live(subscription: u32, message: Arc<StoredMessage>, qos: Qos, from_retained: bool) -> Self {
+        Routed { subscription, message, qos, delivery_id: None, from_retained, redelivered: false }
     }
 
     /// Bytes this delivery is charged against the outbound budget.
@@ -267,7 +260,7 @@ mod tests {
 
     fn routed(payload: &str) -> Routed {
         let message = Arc::new(StoredMessage { message: Message::new("t", payload), published_at: 0 });
-        Routed::live(1, &message, Qos::AtMostOnce, false)
+        Routed::live(1, message, Qos::AtMostOnce, false)
     }
 
     #[tokio::test]

@@ -30,7 +30,7 @@ counters! {
     deliveries_out: "Deliveries passed to the guest.",
     deliveries_dropped: "Deliveries dropped because a client's buffer was full.",
     slow_consumers: "Connections closed because the client did not keep up with at-least-once deliveries.",
-    publishes: "Messages the guest published.",
+    publishes: "Messages the guest published; added when the call that published them ends.",
     faults_deadline: "Guest calls stopped at the deadline.",
     faults_memory: "Guests that ran out of memory.",
     faults_trap: "Guest traps (panics, unreachable, stack overflow).",

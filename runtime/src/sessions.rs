@@ -209,7 +209,7 @@ impl Session {
     }
 
     /// Hand `message` (matched by subscription `id`) to this session.
-    pub fn offer(&self, id: u32, message: &Arc<StoredMessage>, qos: Qos, from_retained: bool) {
+    pub fn offer(&self, id: u32, message: Arc<StoredMessage>, qos: Qos, from_retained: bool) {
         let mut inner = self.inner.lock();
         if inner.ended {
             return;
@@ -242,7 +242,7 @@ impl Session {
         }
         let seq = inner.next_seq;
         inner.next_seq += 1;
-        let mut stored = message.clone();
+        let mut stored = message;
         if stored.message.qos != qos {
             let mut capped = (*stored).clone();
             capped.message.qos = qos;
@@ -715,9 +715,9 @@ mod tests {
         let (router, sessions) = (Router::default(), registry());
         let (mailbox, mut inbox) = Mailbox::new(1, 1 << 20);
         let session = sessions.attach(&router, &"mqtt".into(), "c", false, None, 1, &mailbox).session;
-        session.offer(1, &message("a"), Qos::AtLeastOnce, false);
-        session.offer(1, &message("b"), Qos::AtLeastOnce, false);
-        session.offer(1, &message("c"), Qos::AtLeastOnce, false);
+        session.offer(1, message("a"), Qos::AtLeastOnce, false);
+        session.offer(1, message("b"), Qos::AtLeastOnce, false);
+        session.offer(1, message("c"), Qos::AtLeastOnce, false);
         assert_eq!(session.queued(), 2, "the oldest was dropped at the cap");
         assert_eq!(session.dropped(), 1);
         let mut batch = Vec::new();
@@ -739,7 +739,7 @@ mod tests {
         let session = sessions.attach(&router, &"mqtt".into(), "c", false, None, 10, &mailbox).session;
         sessions.release(&router, &session, 1);
         for payload in ["a", "b", "c"] {
-            session.offer(1, &message(payload), Qos::AtLeastOnce, false);
+            session.offer(1, message(payload), Qos::AtLeastOnce, false);
         }
         assert_eq!((session.queued(), session.dropped()), (2, 1));
         let inner = session.inner.lock();

@@ -41,11 +41,20 @@ fn check_common(s: &str) -> Result<(), TopicError> {
 
 /// Check a topic a message is published to.
 pub fn validate_topic(topic: &str) -> Result<(), TopicError> {
-    check_common(topic)?;
-    if topic.contains(['+', '#']) {
-        return Err(TopicError::WildcardInTopic);
+    if topic.is_empty() {
+        return Err(TopicError::Empty);
     }
-    Ok(())
+    if topic.len() > MAX_TOPIC_BYTES {
+        return Err(TopicError::TooLong);
+    }
+    // Every publish runs this: one pass over the bytes for NUL and both
+    // wildcards, where `contains` took one for each. A NUL anywhere is
+    // reported before a wildcard, as by the other checks.
+    match topic.bytes().position(|b| matches!(b, 0 | b'+' | b'#')) {
+        None => Ok(()),
+        Some(at) if topic.as_bytes()[at..].contains(&0) => Err(TopicError::Nul),
+        Some(_) => Err(TopicError::WildcardInTopic),
+    }
 }
 
 /// Check a wildcard filter.
@@ -247,6 +256,19 @@ mod tests {
         assert_eq!(validate_filter("a+/b"), Err(TopicError::BadPlus));
         assert_eq!(validate_filter(""), Err(TopicError::Empty));
         assert_eq!(validate_topic("a/+"), Err(TopicError::WildcardInTopic));
+    }
+
+    #[test]
+    fn topics_validate() {
+        assert!(validate_topic("a/b/c").is_ok());
+        assert!(validate_topic("$SYS/x").is_ok());
+        assert_eq!(validate_topic(""), Err(TopicError::Empty));
+        assert_eq!(validate_topic(&"a".repeat(MAX_TOPIC_BYTES + 1)), Err(TopicError::TooLong));
+        assert_eq!(validate_topic("a/#"), Err(TopicError::WildcardInTopic));
+        assert_eq!(validate_topic("a/\0"), Err(TopicError::Nul));
+        // A NUL is reported wherever it is, before or after a wildcard.
+        assert_eq!(validate_topic("a/+/\0"), Err(TopicError::Nul));
+        assert_eq!(validate_topic("\0/+"), Err(TopicError::Nul));
     }
 
     #[test]

@@ -95,12 +95,15 @@ async fn raw_protocol_lines() {
     assert_eq!(client.read_line().await.unwrap(), "+OK\r");
     assert_eq!(client.read_line().await.unwrap(), "MSG foo.x 1 5\r");
     assert_eq!(client.read_line().await.unwrap(), "hello\r");
+    // Counted when the guest's call ends, which is before its output is sent.
+    assert_eq!(broker.counter("nats", "publishes"), 1);
     client.send(b"BOGUS\r\n").await;
     assert_eq!(client.expect_closed().await, vec!["-ERR 'Unknown Protocol Operation'\r"]);
 
     let mut big = raw(&broker).await;
     big.send(b"PUB foo 70000\r\n").await;
     assert_eq!(big.expect_closed().await, vec!["-ERR 'Maximum Payload Violation'\r"]);
+    assert_eq!(broker.counter("nats", "publishes"), 1);
     broker.shutdown().await;
 }
 

@@ -128,8 +128,13 @@ impl Guest {
 
     /// Account for a call (`cpu`: the guest CPU time of a measured call).
     fn end_call<T>(&mut self, cpu: Option<u64>, result: wasmtime::Result<T>) -> Result<T, Fault> {
-        let metrics = &self.store.data().env.metrics;
+        let state = self.store.data_mut();
+        let publishes = std::mem::take(&mut state.publishes);
+        let metrics = &state.env.metrics;
         ProtocolMetrics::bump(&metrics.guest_calls);
+        if publishes > 0 {
+            metrics.publishes.fetch_add(u64::from(publishes), Ordering::Relaxed);
+        }
         if let Some(nanos) = cpu {
             metrics.guest_cpu_nanos.fetch_add(nanos * u64::from(cpu::SAMPLE_EVERY), Ordering::Relaxed);
         }
