@@ -26,13 +26,18 @@ pub enum TopicError {
     BadHash,
 }
 
-fn check_common(s: &str) -> Result<(), TopicError> {
+fn check_length(s: &str) -> Result<(), TopicError> {
     if s.is_empty() {
         return Err(TopicError::Empty);
     }
     if s.len() > MAX_TOPIC_BYTES {
         return Err(TopicError::TooLong);
     }
+    Ok(())
+}
+
+fn check_common(s: &str) -> Result<(), TopicError> {
+    check_length(s)?;
     if s.contains('\0') {
         return Err(TopicError::Nul);
     }
@@ -41,12 +46,7 @@ fn check_common(s: &str) -> Result<(), TopicError> {
 
 /// Check a topic a message is published to.
 pub fn validate_topic(topic: &str) -> Result<(), TopicError> {
-    if topic.is_empty() {
-        return Err(TopicError::Empty);
-    }
-    if topic.len() > MAX_TOPIC_BYTES {
-        return Err(TopicError::TooLong);
-    }
+    check_length(topic)?;
     // Every publish runs this: one pass over the bytes for NUL and both
     // wildcards, where `contains` took one for each. A NUL anywhere is
     // reported before a wildcard, as by the other checks.
