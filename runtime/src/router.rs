@@ -7,11 +7,17 @@
 //! subscriber's [`Mailbox`] without waiting; the publisher learns the number
 //! of receivers synchronously, which Redis `PUBLISH` and NATS no-responders
 //! need. Subscribing takes the write lock.
+//!
+//! The lock is sharded by thread ([`ShardedLock`]): every publish on every
+//! worker takes it, and one lock word written by all of them moved between
+//! the cores' caches on each publish. A reader locks only its thread's
+//! shard; a writer (subscribe, unsubscribe) locks them all, which is rare.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError};
 
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 use parking_lot::RwLock;
 use rustc_hash::FxHashMap;
 
@@ -258,16 +264,28 @@ impl Groups {
 /// The broker's router.
 #[derive(Default)]
 pub struct Router {
-    index: RwLock<Index>,
+    index: ShardedLock<Index>,
     groups: Groups,
     next_key: AtomicU64,
 }
 
 impl Router {
+    /// The index for reading. A writer that panicked leaves the lock
+    /// poisoned; the index is still usable (each change is one insert or
+    /// removal), so it is used as is rather than failing every later publish.
+    fn read(&self) -> ShardedLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The index for changing; see [`Router::read`] on poisoning.
+    fn write(&self) -> ShardedLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Add a subscription; the filter must already be validated for its kind.
     pub fn subscribe(&self, subscription: Subscription) -> SubscriptionKey {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-        let mut index = self.index.write();
+        let mut index = self.write();
         match subscription.kind {
             FilterKind::Wildcard => index.wildcard.insert(subscription.filter.split('/'), key),
             FilterKind::Exact => index.exact.entry(subscription.filter.clone()).or_default().push(key),
@@ -279,7 +297,7 @@ impl Router {
 
     /// Remove a subscription; unknown keys are ignored.
     pub fn unsubscribe(&self, key: SubscriptionKey) {
-        let mut index = self.index.write();
+        let mut index = self.write();
         let Some(subscription) = index.subscriptions.remove(&key) else {
             return;
         };
@@ -308,7 +326,7 @@ impl Router {
         pattern: Option<&str>,
         limit: usize,
     ) -> Vec<(String, u32)> {
-        let index = self.index.read();
+        let index = self.read();
         let mut counts: std::collections::BTreeMap<&str, u32> = std::collections::BTreeMap::new();
         for subscription in index.subscriptions.values() {
             if subscription.kind == kind
@@ -322,7 +340,7 @@ impl Router {
 
     /// Number of subscriptions.
     pub fn len(&self) -> usize {
-        self.index.read().subscriptions.len()
+        self.read().subscriptions.len()
     }
 
     /// Whether there are no subscriptions.
@@ -333,7 +351,7 @@ impl Router {
     /// Route `message` from connection `publisher`; returns how many
     /// subscriptions it was handed to.
     pub fn publish(&self, message: Arc<StoredMessage>, publisher: u64) -> u32 {
-        let index = self.index.read();
+        let index = self.read();
         let mut keys = Vec::new();
         let topic = message.message.topic.as_str();
         index.wildcard.collect(topic.split('/'), true, topic.starts_with('$'), &mut keys);
@@ -475,7 +493,7 @@ mod tests {
         let key = subscribe(&router, &mailbox, 1, "a/+/c", FilterKind::Wildcard, None);
         router.unsubscribe(key);
         assert!(router.is_empty());
-        assert!(router.index.read().wildcard.is_empty());
+        assert!(router.read().wildcard.is_empty());
         assert_eq!(router.publish(message("a/b/c"), 9), 0);
     }
 
@@ -489,10 +507,7 @@ mod tests {
         let keys: Vec<SubscriptionKey> = (0..siblings)
             .map(|i| subscribe(&router, &mailbox, i, &format!("s/{i}/x"), FilterKind::Wildcard, None))
             .collect();
-        assert!(matches!(
-            router.index.read().wildcard.children.get("s").unwrap().children,
-            Children::Many(_)
-        ));
+        assert!(matches!(router.read().wildcard.children.get("s").unwrap().children, Children::Many(_)));
         for i in [0, FEW_CHILDREN as u32, siblings - 1] {
             assert_eq!(router.publish(message(&format!("s/{i}/x")), 9), 1);
             assert_eq!(drain(&mut inbox).await, vec![i]);
@@ -501,9 +516,9 @@ mod tests {
         for key in keys {
             router.unsubscribe(key);
         }
-        assert!(router.index.read().wildcard.is_empty(), "every level pruned");
+        assert!(router.read().wildcard.is_empty(), "every level pruned");
         subscribe(&router, &mailbox, 1, "s/a", FilterKind::Wildcard, None);
-        assert!(matches!(router.index.read().wildcard.children.get("s").unwrap().children, Children::Few(_)));
+        assert!(matches!(router.read().wildcard.children.get("s").unwrap().children, Children::Few(_)));
         assert_eq!(router.publish(message("s/a"), 9), 1);
     }
 
