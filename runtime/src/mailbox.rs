@@ -29,6 +29,9 @@ use crate::wasm::bindings::types::Qos;
 
 /// Overhead charged per queued delivery on top of topic and payload.
 const DELIVERY_OVERHEAD: usize = 64;
+// Packing sizes its buffer from the charges, so a plain delivery's charge
+// must cover its packed size.
+const _: () = assert!(DELIVERY_OVERHEAD >= sandport_deliveries::FIXED_BYTES);
 
 /// One message routed to one subscription of a connection.
 #[derive(Debug, Clone)]

@@ -89,6 +89,10 @@ pub fn matches(filter: &str, topic: &str) -> bool {
 /// Does `filter` match `topic` level by level, without the `$` rule? Grants
 /// use this: a grant of `#` allows `$SYS/...` too.
 pub fn matches_levels(filter: &str, topic: &str) -> bool {
+    // The default publish grant, checked on every publish: no splitting.
+    if filter == "#" {
+        return true;
+    }
     let mut topic_levels = topic.split('/');
     for filter_level in filter.split('/') {
         match filter_level {
@@ -283,6 +287,11 @@ mod tests {
         assert!(!matches("#", "$SYS/x"));
         assert!(!matches("+/x", "$SYS/x"));
         assert!(matches("$SYS/#", "$SYS/x"));
+        // Grants match level by level without the `$` rule.
+        assert!(matches_levels("#", "$SYS/x"));
+        assert!(matches_levels("#", "a"));
+        assert!(matches_levels("a/#", "a/b"));
+        assert!(!matches_levels("a/+", "a/b/c"));
     }
 
     #[test]
