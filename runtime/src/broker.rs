@@ -28,7 +28,7 @@ use crate::sessions::{QueueSettings, Sessions, unix_now};
 use crate::signals::ShutdownSignals;
 use crate::store::{Snapshot, Store, StoreError};
 use crate::wasm::breaker::Breaker;
-use crate::wasm::engine::{EpochClock, MAX_FIBER_STACKS, PoolSize, build_engine};
+use crate::wasm::engine::{EpochClock, MAX_FIBER_STACKS, PoolSize, build_engine, epoch_tick};
 use crate::wasm::protocol::{LoadError, Protocol, ProtocolEnv, build_linker};
 
 /// Broker version, reported to guests.
@@ -143,7 +143,9 @@ impl Broker {
             .map_err(|e| StartError::Engine(format!("{e:#}")))?;
         tracing::debug!(?layout, "guest memory layout");
         let linker = build_linker(&engine).map_err(|e| StartError::Engine(format!("{e:#}")))?;
-        let clock = EpochClock::start(engine.clone()).map_err(|e| StartError::Engine(e.to_string()))?;
+        let shortest_deadline = config.protocols.values().map(|p| p.limits.call_deadline()).min();
+        let tick = epoch_tick(shortest_deadline.unwrap_or(Duration::MAX));
+        let clock = EpochClock::start(engine.clone(), tick).map_err(|e| StartError::Engine(e.to_string()))?;
 
         let mut protocols = BTreeMap::new();
         for (name, protocol_config) in &config.protocols {
@@ -164,7 +166,8 @@ impl Broker {
             };
             let path = config.resolve(&protocol_config.component);
             let protocol =
-                Protocol::load(&engine, &linker, env, &path, protocol_config.sha256.as_deref()).await?;
+                Protocol::load(&engine, &clock, &linker, env, &path, protocol_config.sha256.as_deref())
+                    .await?;
             let d = &protocol.description;
             tracing::info!(
                 protocol = name,

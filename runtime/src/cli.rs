@@ -13,7 +13,7 @@ use crate::metrics::ProtocolMetrics;
 use crate::signals::ShutdownSignals;
 use crate::store::Store;
 use crate::wasm::breaker::Breaker;
-use crate::wasm::engine::{PoolSize, build_engine};
+use crate::wasm::engine::{EpochClock, PoolSize, build_engine, epoch_tick};
 use crate::wasm::protocol::{Protocol, ProtocolEnv, build_linker};
 
 /// Config used when `run` gets no `--config`.
@@ -151,7 +151,12 @@ pub async fn describe_component(path: &Path, pin: Option<&str>) -> Result<String
         guest_output_bytes: 16 * 1024,
         settings: Vec::new(),
     };
-    let protocol = Protocol::load(&engine, &linker, env, path, pin).await.map_err(|e| e.to_string())?;
+    // The clock puts the call deadline on describe(), so a guest that loops
+    // there fails the check instead of hanging it.
+    let clock = EpochClock::start(engine.clone(), epoch_tick(env.limits.call_deadline()))
+        .map_err(|e| e.to_string())?;
+    let protocol =
+        Protocol::load(&engine, &clock, &linker, env, path, pin).await.map_err(|e| e.to_string())?;
     let d = &protocol.description;
     Ok(format!(
         "component: {}\nsha256: {}\nname: {}\nversion: {}\nframing: {:?}\nspeaks-first: {}\nsettings: {}\nimports: {}\n",

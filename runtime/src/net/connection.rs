@@ -57,6 +57,12 @@ const READ_CHUNK: usize = 16 * 1024;
 /// many quiet ones hold small buffers.
 const FIRST_READ: usize = 256;
 
+/// Least time between two yields of a publishing connection to the
+/// connections it reached ([`yield_to_receivers`]): about the longest a
+/// subscriber waits behind a busy publisher on the same worker. Each yield
+/// moves the publisher to another worker, so not one per read.
+const HANDOFF_YIELD_INTERVAL: Duration = Duration::from_micros(200);
+
 /// How long the goodbye (on-close output) may take to write.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -201,6 +207,7 @@ fn admit(
         guest_needs: 0,
         idle: None,
         last_read: Instant::now(),
+        yielded_at: Instant::now(),
         partial_since: None,
         frame_timeout: Duration::from_millis(protocol.env.limits.frame_timeout_ms),
         timer_at: None,
@@ -276,6 +283,8 @@ struct Connection {
     guest_needs: usize,
     idle: Option<Duration>,
     last_read: Instant,
+    /// When the connection last yielded to the receivers of its publishes.
+    yielded_at: Instant,
     /// When the buffered, still incomplete frame started to arrive.
     partial_since: Option<Instant>,
     /// How long a frame may take to arrive completely.
@@ -298,6 +307,29 @@ enum Wake {
     Deliveries,
     Deadline,
     Kicked(Kick),
+}
+
+/// Let the connections a publish just reached run on another worker.
+///
+/// tokio runs a task woken from a worker in that worker's LIFO slot, which no
+/// other worker may steal, and wakes no idle worker for it. So a subscriber
+/// woken by a publish would wait for the publisher's task to stop, and with
+/// input arriving steadily both would share one worker while the other
+/// slept. Waking itself moves this task to the back of the run queue, which
+/// wakes an idle worker to steal it, while this worker runs the subscriber.
+/// (`tokio::task::yield_now` defers the wake until the worker would park, so
+/// no other worker is woken.)
+async fn yield_to_receivers() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 impl Connection {
@@ -344,8 +376,16 @@ impl Connection {
                     if n >= room {
                         self.read_size = (self.read_size * 2).min(READ_CHUNK);
                     }
-                    self.last_read = Instant::now();
-                    self.on_input().await
+                    let now = Instant::now();
+                    self.last_read = now;
+                    let handled = self.on_input().await;
+                    if std::mem::take(&mut self.guest.state_mut().handed_off)
+                        && now >= self.yielded_at + HANDOFF_YIELD_INTERVAL
+                    {
+                        self.yielded_at = now;
+                        yield_to_receivers().await;
+                    }
+                    handled
                 }
                 Wake::Read(Err(e)) => {
                     tracing::debug!(peer = %self.peer, "read failed: {e}");
@@ -700,5 +740,40 @@ async fn next_batch(state: &mut GuestState, batch: &mut Vec<Routed>, max_bytes: 
             inbox.recv_batch(batch, MAX_DELIVERY_BATCH, max_bytes).await;
         }
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Wake, Waker};
+
+    struct CountWakes(AtomicUsize);
+
+    impl Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The yield must wake the task itself while it is running (which tokio
+    /// turns into a push to the run queue that wakes an idle worker), not
+    /// defer the wake as `tokio::task::yield_now` does.
+    #[test]
+    fn yielding_to_receivers_wakes_the_task_at_once_and_ends_on_the_next_poll() {
+        let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut yielding = Box::pin(super::yield_to_receivers());
+        assert!(yielding.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert!(yielding.as_mut().poll(&mut cx).is_ready());
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
     }
 }

@@ -5,7 +5,8 @@
 //! small. Guest memories sit in guarded slots, so compiled guest code needs
 //! no bounds checks, unless the address space for them cannot be reserved
 //! ([`MemoryLayout`]). Per-call deadlines use epoch interruption: a thread
-//! bumps the epoch every [`EPOCH_TICK`], and each call gets a budget of ticks.
+//! bumps the epoch every tick ([`epoch_tick`]), and each call gets a budget
+//! of ticks.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,9 +17,13 @@ use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, ProfilingStrategy,
 };
 
-/// Period of the epoch clock; deadlines are counted in these ticks, and a
-/// guest that runs longer than one tick yields to other connections.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Bounds of the epoch clock's period. Deadlines are counted in ticks, and
+/// a guest that runs longer than one tick yields to other connections.
+const MIN_EPOCH_TICK: Duration = Duration::from_millis(1);
+const MAX_EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Ticks in the shortest call deadline: deadlines are kept to about a tenth.
+const TICKS_PER_DEADLINE: u32 = 10;
 
 /// Core instances one component may create (a Rust guest has the main module
 /// plus a few adapter shims).
@@ -144,24 +149,42 @@ fn engine_config(pool: PoolSize, layout: MemoryLayout) -> Config {
     config
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+/// Period of the epoch clock when the shortest call deadline of any
+/// protocol is `shortest`: a tenth of it, within 1 to 10 ms.
+///
+/// Every tick wakes the clock's thread, and on a busy machine that wake-up
+/// preempts a worker: at 1 ms the clock cost about 2 % of a core. With the
+/// default 100 ms deadline it ticks every 10 ms instead.
+pub fn epoch_tick(shortest: Duration) -> Duration {
+    (shortest / TICKS_PER_DEADLINE).clamp(MIN_EPOCH_TICK, MAX_EPOCH_TICK)
+}
+
+/// Advances the engine's epoch every tick until dropped.
 pub struct EpochClock {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    tick: Duration,
 }
 
 impl EpochClock {
-    /// Start the clock thread for `engine`.
-    pub fn start(engine: Engine) -> std::io::Result<Self> {
+    /// Start the clock thread for `engine`, ticking every `tick`.
+    pub fn start(engine: Engine, tick: Duration) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new().name("sandport-epoch".into()).spawn(move || {
             while !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(EPOCH_TICK);
+                std::thread::sleep(tick);
                 engine.increment_epoch();
             }
         })?;
-        Ok(Self { stop, thread: Some(thread) })
+        Ok(Self { stop, thread: Some(thread), tick })
+    }
+
+    /// The call budget in ticks for `deadline`: at least one tick, so a
+    /// deadline shorter than a tick is kept to within a tick.
+    pub fn deadline_ticks(&self, deadline: Duration) -> u32 {
+        let ticks = deadline.as_micros().div_ceil(self.tick.as_micros().max(1));
+        ticks.clamp(1, u128::from(u32::MAX)) as u32
     }
 }
 
@@ -174,17 +197,30 @@ impl Drop for EpochClock {
     }
 }
 
-/// Deadline in epoch ticks for a call budget, at least one tick.
-pub fn deadline_ticks(deadline: Duration) -> u32 {
-    let ticks = deadline.as_micros() / EPOCH_TICK.as_micros().max(1);
-    ticks.clamp(1, u32::MAX as u128) as u32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const POOL: PoolSize = PoolSize { instances: 8, memory_bytes: 1 << 20 };
+
+    #[test]
+    fn the_clock_ticks_a_tenth_of_the_shortest_deadline_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(epoch_tick(ms(100)), ms(10));
+        assert_eq!(epoch_tick(ms(50)), ms(5));
+        assert_eq!(epoch_tick(ms(1)), ms(1));
+        assert_eq!(epoch_tick(ms(60_000)), ms(10));
+    }
+
+    #[test]
+    fn deadlines_round_up_to_whole_ticks() {
+        let (engine, _) = build_engine(POOL).expect("engine");
+        let ms = Duration::from_millis;
+        let clock = EpochClock::start(engine, ms(10)).expect("clock");
+        assert_eq!(clock.deadline_ticks(ms(100)), 10);
+        assert_eq!(clock.deadline_ticks(ms(105)), 11);
+        assert_eq!(clock.deadline_ticks(ms(1)), 1);
+    }
 
     #[test]
     fn memories_are_guarded_when_the_address_space_allows() {

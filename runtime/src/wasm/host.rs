@@ -259,6 +259,7 @@ impl host::Host for GuestState {
         if ticket.is_some() {
             self.ticket = ticket;
         }
+        self.handed_off |= receivers > 0;
         Ok(Ok(PublishOutcome { receivers }))
     }
 

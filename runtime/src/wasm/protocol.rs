@@ -19,7 +19,7 @@ use crate::net::framing::{self, Framing};
 use crate::registry::ConnectionRegistry;
 use crate::wasm::bindings::{Protocol as World, ProtocolPre as WorldPre};
 use crate::wasm::breaker::{Breaker, Tripped};
-use crate::wasm::engine::deadline_ticks;
+use crate::wasm::engine::EpochClock;
 use crate::wasm::guest::{Fault, Guest};
 use crate::wasm::state::GuestState;
 use crate::wasm::world;
@@ -142,9 +142,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl Protocol {
-    /// Load the component at `path` for protocol `env.name`, checking `pin` first.
+    /// Load the component at `path` for protocol `env.name`, checking `pin`
+    /// first; `clock` sets the unit of its call deadline.
     pub async fn load(
         engine: &Engine,
+        clock: &EpochClock,
         linker: &Linker<GuestState>,
         env: ProtocolEnv,
         path: &Path,
@@ -191,7 +193,7 @@ impl Protocol {
         let env = Arc::new(env);
         let mut protocol = Self {
             permits: Arc::new(Semaphore::new(env.limits.max_connections as usize)),
-            deadline_ticks: deadline_ticks(env.limits.call_deadline()),
+            deadline_ticks: clock.deadline_ticks(env.limits.call_deadline()),
             env,
             description: Description {
                 name: String::new(),

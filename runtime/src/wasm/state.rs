@@ -118,6 +118,10 @@ pub struct GuestState {
     /// `publishes` metric when the call ends: one shared atomic add per
     /// call rather than per message.
     pub publishes: u32,
+    /// A publish reached a subscriber since the connection last looked: the
+    /// connection then yields, so another worker can run the subscriber
+    /// (`Connection::yield_to_receivers`).
+    pub handed_off: bool,
     /// Memory limits.
     pub limiter: GuestLimiter,
     /// Subscriptions owned by this connection (not by a session), by id.
@@ -163,6 +167,7 @@ impl GuestState {
             call_input: 0,
             ticks_left: 0,
             publishes: 0,
+            handed_off: false,
             limiter: GuestLimiter { memory_bytes, refused: false },
             subscriptions: HashMap::new(),
             next_subscription: 1,
