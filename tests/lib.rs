@@ -22,7 +22,7 @@ pub mod mqtt;
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// Guest crates built for the tests, by short name.
-const GUESTS: &[&str] = &["echo", "mqtt", "nats", "resp", "hostile", "foreign", "greeter", "greedy"];
+const GUESTS: &[&str] = &["echo", "mqtt", "nats", "resp", "hostile", "foreign", "greeter", "greedy", "stuck"];
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {

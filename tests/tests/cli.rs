@@ -57,6 +57,13 @@ async fn check_refuses_a_wrong_pin_before_compiling() {
 }
 
 #[tokio::test]
+async fn check_stops_a_guest_whose_describe_never_returns() {
+    let (ok, _, stderr) = sandport(&["check", &path_str(&guest("stuck"))]).await;
+    assert!(!ok);
+    assert!(stderr.contains("describe() failed: guest call exceeded its deadline"), "{stderr}");
+}
+
+#[tokio::test]
 async fn check_refuses_files_that_are_not_components() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.wasm");
