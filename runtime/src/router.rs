@@ -351,9 +351,22 @@ impl Router {
     /// Route `message` from connection `publisher`; returns how many
     /// subscriptions it was handed to.
     pub fn publish(&self, message: Arc<StoredMessage>, publisher: u64) -> u32 {
+        let routed = Arc::clone(&message);
+        self.publish_with(&message.message.topic, publisher, move || routed)
+    }
+
+    /// Route a message to `topic` from connection `publisher`, made by
+    /// `make` only once a receiver is found: a guest's publish that nobody
+    /// receives (Redis `PUBLISH` to an empty channel) copies nothing out of
+    /// the guest. Returns how many subscriptions it was handed to.
+    pub fn publish_with(
+        &self,
+        topic: &str,
+        publisher: u64,
+        make: impl FnOnce() -> Arc<StoredMessage>,
+    ) -> u32 {
         let index = self.read();
         let mut keys = Vec::new();
-        let topic = message.message.topic.as_str();
         index.wildcard.collect(topic.split('/'), true, topic.starts_with('$'), &mut keys);
         // Only Redis `SUBSCRIBE` makes exact subscriptions: without any, a
         // publish skips hashing its topic.
@@ -367,14 +380,21 @@ impl Router {
         );
 
         let mut receivers = 0;
-        // Each receiver is handed the message when the next is found, and
-        // the last takes the publisher's reference: with one receiver, no
-        // reference count is touched here (a clone and a drop, two atomic
-        // operations, on a count the subscriber's thread changes too).
+        // The message is made for the first receiver. Each receiver is
+        // handed it when the next is found, and the last takes the
+        // publisher's reference: with one receiver, no reference count is
+        // touched here (a clone and a drop, two atomic operations, on a
+        // count the subscriber's thread changes too).
+        let mut make = Some(make);
+        let mut message = None;
         let mut held: Option<&Subscription> = None;
         let mut hand = |subscription| {
             if let Some(previous) = held.replace(subscription) {
-                deliver(previous, message.clone());
+                if let Some(message) = &message {
+                    deliver(previous, Arc::clone(message));
+                }
+            } else {
+                message = make.take().map(|make| make());
             }
             receivers += 1;
         };
@@ -403,7 +423,7 @@ impl Router {
             let turn = self.groups.cursor(group, filter).fetch_add(1, Ordering::Relaxed);
             hand(members[turn % members.len()]);
         }
-        if let Some(last) = held {
+        if let (Some(last), Some(message)) = (held, message) {
             deliver(last, message);
         }
         receivers
@@ -484,6 +504,25 @@ mod tests {
         assert_eq!(drain(&mut inbox).await, vec![5, 2, 1, 3, 4]);
         assert_eq!(router.publish(message("a/b"), 9), 3);
         assert_eq!(router.publish(message("$SYS/a"), 9), 0);
+    }
+
+    #[tokio::test]
+    async fn a_message_is_made_once_and_only_for_receivers() {
+        let router = Router::default();
+        let (mailbox, mut inbox) = Mailbox::new(1, 1 << 20);
+        let made = std::cell::Cell::new(0);
+        let make = || {
+            made.set(made.get() + 1);
+            message("a/b")
+        };
+        assert_eq!(router.publish_with("a/b", 9, make), 0);
+        assert_eq!(made.get(), 0, "nobody receives it, so it is not made");
+        subscribe(&router, &mailbox, 1, "a/+", FilterKind::Wildcard, None);
+        subscribe(&router, &mailbox, 2, "#", FilterKind::Wildcard, None);
+        subscribe(&router, &mailbox, 3, "a/b", FilterKind::Exact, None);
+        assert_eq!(router.publish_with("a/b", 9, make), 3);
+        assert_eq!(made.get(), 1, "one message is shared by every receiver");
+        assert_eq!(drain(&mut inbox).await, vec![2, 1, 3]);
     }
 
     #[tokio::test]

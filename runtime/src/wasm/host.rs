@@ -17,6 +17,7 @@ use crate::registry::MAX_LISTED;
 use crate::router::{Subscription, Target, min_qos};
 use crate::sessions::unix_now;
 use crate::store::StoredMessage;
+use crate::store::Ticket;
 use crate::topic;
 use crate::wasm::bindings::sandport::protocol::{host, types};
 use crate::wasm::bindings::types::{
@@ -24,6 +25,7 @@ use crate::wasm::bindings::types::{
     LogLevel, Message, Principal, PublishOutcome, Qos, RetainedHandling, SessionInfo, SessionOptions,
     SubscribeOptions, Will,
 };
+use crate::wasm::borrowed::MessageRef;
 use crate::wasm::cpu::HostTime;
 use crate::wasm::guest_text::GuestText;
 use crate::wasm::state::{GuestState, OwnedSubscription, Violation};
@@ -41,7 +43,7 @@ const MAX_LOG_BYTES: usize = 1024;
 const MAX_TAKE: usize = 256;
 
 /// Most headers on one message.
-const MAX_HEADERS: usize = 1024;
+pub const MAX_HEADERS: usize = 1024;
 
 fn kv_refusal(error: KvError) -> HostError {
     let code = match error {
@@ -53,16 +55,6 @@ fn kv_refusal(error: KvError) -> HostError {
 
 fn refuse<T>(code: ErrorCode, message: impl Into<String>) -> wasmtime::Result<Result<T, HostError>> {
     Ok(Err(HostError { code, message: message.into() }))
-}
-
-/// Bytes a message occupies when passed in.
-fn message_bytes(message: &Message) -> usize {
-    message.topic.len()
-        + message.payload.len()
-        + message.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
-        + message.reply_to.as_ref().map_or(0, String::len)
-        + message.correlation.as_ref().map_or(0, Vec::len)
-        + message.content_type.as_ref().map_or(0, String::len)
 }
 
 /// The refusal for anything before the client authenticated.
@@ -128,13 +120,13 @@ impl GuestState {
     }
 
     /// Validate a message the guest wants published (now or as a will).
-    fn check_message(&self, message: &Message) -> Result<(), HostError> {
+    fn check_message(&self, message: &MessageRef<'_>) -> Result<(), HostError> {
         let invalid = |m: String| HostError { code: ErrorCode::Invalid, message: m };
         topic::validate_topic(&message.topic).map_err(|e| invalid(format!("topic {e}")))?;
         if let Some(reply_to) = &message.reply_to {
             topic::validate_topic(reply_to).map_err(|e| invalid(format!("reply-to topic {e}")))?;
         }
-        if message.headers.len() > MAX_HEADERS {
+        if message.header_count > MAX_HEADERS {
             return Err(invalid(format!("more than {MAX_HEADERS} headers")));
         }
         if !self.env.grants.publish.iter().any(|grant| topic::matches_levels(grant, &message.topic)) {
@@ -201,6 +193,72 @@ impl GuestState {
     }
 }
 
+/// What a publish decided, to be recorded in the guest's state once the
+/// guest's memory is no longer borrowed.
+pub struct Published {
+    outcome: Result<PublishOutcome, HostError>,
+    /// The call's input count with this message charged.
+    call_input: usize,
+    /// Set for a durable publish: the guest's output waits for it.
+    ticket: Option<Ticket>,
+}
+
+impl GuestState {
+    /// Room for `len` more bytes of output, or the violation; outside a
+    /// connection (from `describe` or `probe`) there is none.
+    pub fn outbound_room(&self, len: usize) -> wasmtime::Result<()> {
+        self.link()?;
+        // Deliveries are batched to half this limit, so honest output fits.
+        let limit = self.env.limits.outbound_buffer_bytes;
+        if self.out.len() + len > limit {
+            return Err(Violation(format!("sent more than the {limit}-byte outbound buffer holds")).into());
+        }
+        Ok(())
+    }
+
+    /// `host.publish`: charge, check and route `message`. It is copied out
+    /// of the guest only when it is kept: retained, durable, or received.
+    pub fn publish_ref(&self, message: MessageRef<'_>) -> wasmtime::Result<Published> {
+        let _timed = HostTime::enter();
+        // Outside a connection (from `describe` or `probe`) it is a violation.
+        let link = self.link()?;
+        let call_input = self.charged(message.bytes())?;
+        if let Err(refusal) = self.check_message(&message) {
+            return Ok(Published { outcome: Err(refusal), call_input, ticket: None });
+        }
+        let durable = message.retain || message.qos != Qos::AtMostOnce;
+        // Borrowed, not cloned: an `Arc` clone and drop of the broker were
+        // two atomic operations per message on a count every connection shares.
+        let broker = &link.broker;
+        let receivers = if message.retain {
+            let stored = Arc::new(StoredMessage::new(message.to_message()));
+            broker.store.submit(vec![broker.retained.update(&stored)]);
+            broker.router.publish(stored, link.id())
+        } else {
+            let make = || Arc::new(StoredMessage::new(message.to_message()));
+            broker.router.publish_with(&message.topic, link.id(), make)
+        };
+        // The guest's acknowledgement goes out only once this is on disk.
+        let ticket = durable.then(|| broker.store.barrier());
+        Ok(Published { outcome: Ok(PublishOutcome { receivers }), call_input, ticket })
+    }
+
+    /// Record what [`GuestState::publish_ref`] decided; returns the guest's answer.
+    pub fn record_publish(&mut self, published: Published) -> Result<PublishOutcome, HostError> {
+        let Published { outcome, call_input, ticket } = published;
+        self.call_input = call_input;
+        if let Ok(PublishOutcome { receivers }) = outcome {
+            // Counted into the metric when the call ends (`Guest::end_call`).
+            self.publishes = self.publishes.saturating_add(1);
+            self.handed_off |= receivers > 0;
+        }
+        if ticket.is_some() {
+            self.ticket = ticket;
+        }
+        outcome
+    }
+}
+
 /// Prefix of session-scoped key-value entries of `client_id`.
 pub fn session_kv_prefix(client_id: &str) -> String {
     format!("s\0{client_id}\0")
@@ -213,13 +271,9 @@ impl types::Host for GuestState {}
 // otherwise it costs one thread-local read.
 impl host::Host for GuestState {
     fn send(&mut self, bytes: Vec<u8>) -> wasmtime::Result<()> {
+        // Linked by `wasm/borrowed.rs`, which copies from guest memory.
         let _timed = HostTime::enter();
-        self.link()?;
-        // Deliveries are batched to half this limit, so honest output fits.
-        let limit = self.env.limits.outbound_buffer_bytes;
-        if self.out.len() + bytes.len() > limit {
-            return Err(Violation(format!("sent more than the {limit}-byte outbound buffer holds")).into());
-        }
+        self.outbound_room(bytes.len())?;
         self.out.extend_from_slice(&bytes);
         Ok(())
     }
@@ -235,32 +289,10 @@ impl host::Host for GuestState {
     }
 
     fn publish(&mut self, message: Message) -> wasmtime::Result<Result<PublishOutcome, HostError>> {
-        let _timed = HostTime::enter();
-        // Outside a connection (from `describe` or `probe`) it is a violation.
-        self.link()?;
-        self.charge(message_bytes(&message))?;
-        if let Err(refusal) = self.check_message(&message) {
-            return Ok(Err(refusal));
-        }
-        // Counted into the metric when the call ends (`Guest::end_call`).
-        self.publishes = self.publishes.saturating_add(1);
-        let durable = message.retain || message.qos != Qos::AtMostOnce;
-        let stored = Arc::new(StoredMessage::new(message));
-        // Borrowed, not cloned: an `Arc` clone and drop of the broker were
-        // two atomic operations per message on a count every connection shares.
-        let link = self.link()?;
-        let broker = &link.broker;
-        if stored.message.retain {
-            broker.store.submit(vec![broker.retained.update(&stored)]);
-        }
-        let receivers = broker.router.publish(stored, link.id());
-        // The guest's acknowledgement goes out only once this is on disk.
-        let ticket = durable.then(|| broker.store.barrier());
-        if ticket.is_some() {
-            self.ticket = ticket;
-        }
-        self.handed_off |= receivers > 0;
-        Ok(Ok(PublishOutcome { receivers }))
+        // Linked by `wasm/borrowed.rs`, which reads the message in place;
+        // this is the same publish for a message already copied out.
+        let published = self.publish_ref(MessageRef::of(&message))?;
+        Ok(self.record_publish(published))
     }
 
     fn subscribe(
@@ -432,8 +464,9 @@ impl host::Host for GuestState {
         let _timed = HostTime::enter();
         self.link()?;
         if let Some(will) = &will {
-            self.charge(message_bytes(&will.message))?;
-            if let Err(refusal) = self.check_message(&will.message) {
+            let message = MessageRef::of(&will.message);
+            self.charge(message.bytes())?;
+            if let Err(refusal) = self.check_message(&message) {
                 return Ok(Err(refusal));
             }
         }

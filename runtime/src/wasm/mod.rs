@@ -2,6 +2,7 @@
 //! and the native implementation of the `host` interface.
 
 pub mod bindings;
+pub mod borrowed;
 pub mod breaker;
 pub mod cpu;
 pub mod engine;

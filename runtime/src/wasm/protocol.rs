@@ -133,6 +133,7 @@ pub fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<GuestState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     World::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |state| state)?;
+    crate::wasm::borrowed::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 

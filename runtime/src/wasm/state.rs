@@ -192,15 +192,22 @@ impl GuestState {
 
     /// Count `bytes` passed by the guest in this call against its budget.
     pub fn charge(&mut self, bytes: usize) -> wasmtime::Result<()> {
-        self.call_input = self.call_input.saturating_add(bytes);
-        if self.call_input > self.env.limits.call_input_bytes {
+        self.call_input = self.charged(bytes)?;
+        Ok(())
+    }
+
+    /// What the call's count would be with `bytes` more, or the violation
+    /// if that is over budget; for callers that record it later.
+    pub fn charged(&self, bytes: usize) -> wasmtime::Result<usize> {
+        let total = self.call_input.saturating_add(bytes);
+        if total > self.env.limits.call_input_bytes {
             return Err(Violation(format!(
                 "passed more than {} bytes to the host in one call",
                 self.env.limits.call_input_bytes
             ))
             .into());
         }
-        Ok(())
+        Ok(total)
     }
 }
 
