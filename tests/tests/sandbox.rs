@@ -147,6 +147,11 @@ async fn publish_flood_is_stopped_by_the_per_call_budget() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_that_is_not_utf8_stops_the_guest() {
+    misbehaves("bad-utf8", "faults_trap").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lying_stream_scans_are_violations_or_framing_errors() {
     misbehaves("frame-zero", "faults_violation").await;
     misbehaves("frame-long", "faults_violation").await;

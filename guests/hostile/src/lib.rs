@@ -19,6 +19,8 @@
 //! close-loop             spins in on-close when the connection ends
 //! huge-topic | huge-headers | bad-ids | outside-grants
 //!                        calls the host with bad arguments; answers -ERR lines
+//! bad-utf8               publishes a topic that is not UTF-8 (a trap: the
+//!                        component model's strings are UTF-8)
 //! forge                  logs and prints text with a newline and terminal escapes in it
 //! ```
 //!
@@ -83,6 +85,18 @@ fn read_out_of_bounds() -> u8 {
     }
     #[cfg(not(target_arch = "wasm32"))]
     panic!("out of bounds");
+}
+
+/// Publish to a topic whose bytes are not UTF-8, which safe Rust cannot
+/// make; the host must stop the guest rather than route it.
+fn publish_invalid_utf8() {
+    // Through `black_box`, so the compiler cannot see the bytes.
+    let not_utf8: &[u8] = black_box(b"bad/\xff\xfe");
+    // SAFETY: none, on purpose: a `str` that is not UTF-8 is what a guest
+    // in another language can pass, and the host's check is the test. The
+    // guest only hands its pointer and length to the host.
+    let topic = unsafe { std::str::from_utf8_unchecked(not_utf8) };
+    answer("bad utf-8", host::publish(message(topic, b"x")));
 }
 
 /// Report a refused host call, or that it was (wrongly) accepted.
@@ -158,6 +172,7 @@ fn command(line: &str) {
             answer("publish", host::publish(message("forbidden/x", b"x")));
             answer("subscribe", host::subscribe("#", wildcard_subscription()));
         }
+        "bad-utf8" => publish_invalid_utf8(),
         "forge" => {
             host::log(LogLevel::Warn, "logged: first line\nforged: second line \u{1b}[2J");
             eprintln!("printed: \u{1b}[2J\r");
