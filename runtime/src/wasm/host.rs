@@ -217,7 +217,7 @@ impl GuestState {
     }
 
     /// `host.publish`: charge, check and route `message`. It is copied out
-    /// of the guest only when it is kept: retained, durable, or received.
+    /// of the guest only when it is kept: retained, or received.
     pub fn publish_ref(&self, message: MessageRef<'_>) -> wasmtime::Result<Published> {
         let _timed = HostTime::enter();
         // Outside a connection (from `describe` or `probe`) it is a violation.
