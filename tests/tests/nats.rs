@@ -185,6 +185,14 @@ async fn answers_like_nats_server() {
         ],
         // `+` and `#` are ordinary subject characters in NATS.
         &[b"CONNECT {\"verbose\":false}\r\n", b"SUB c++.#.> 1\r\nPUB c++.#.x 1\r\nz\r\nPING\r\n"],
+        // A publisher's PUBs arriving together are published in one host
+        // call and answered in order: a refused subject among them, a PING
+        // between them, then an HPUB the connection did not announce.
+        &[
+            b"CONNECT {\"verbose\":true,\"pedantic\":true}\r\n",
+            b"PUB a 1\r\nx\r\nPUB a.* 1\r\nx\r\nPUB b 2\r\nyz\r\nPING\r\nPUB c 1\r\nz\r\nPUB d 0\r\n\r\n",
+            b"PUB e 1\r\nz\r\nPUB f 1\r\nz\r\nHPUB g 12 12\r\nNATS/1.0\r\n\r\n\r\nPUB h 1\r\nz\r\n",
+        ],
         // Operations split anywhere across writes: in a verb, a payload,
         // between CR and LF.
         &[
@@ -254,5 +262,33 @@ async fn nats_queue_and_mqtt_shared_subscription_balance_together() {
     }
     assert_eq!(mqtt_count + nats_count, 10, "mqtt {mqtt_count} + nats {nats_count}");
     assert!(mqtt_count > 0 && nats_count > 0, "mqtt {mqtt_count} + nats {nats_count}");
+    broker.shutdown().await;
+}
+
+/// PUBs pipelined in one write, some to subjects nobody subscribed, reach
+/// a subscriber on another connection all and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishes_reach_a_subscriber_in_order() {
+    let broker = TestBroker::start(CONFIG).await;
+    let mut subscriber = raw(&broker).await;
+    subscriber.send(b"CONNECT {\"verbose\":false}\r\nSUB p.> 1\r\nPING\r\n").await;
+    assert_eq!(subscriber.read_line().await.unwrap(), "PONG\r");
+    let mut publisher = raw(&broker).await;
+    let mut pipeline = String::from("CONNECT {\"verbose\":false}\r\n");
+    for i in 0..300 {
+        let subject = if i % 7 == 3 { format!("q.{i}") } else { format!("p.{i}") };
+        pipeline.push_str(&format!("PUB {subject} {}\r\n{i}\r\n", i.to_string().len()));
+    }
+    pipeline.push_str("PING\r\n");
+    publisher.send(pipeline.as_bytes()).await;
+    assert_eq!(publisher.read_line().await.unwrap(), "PONG\r");
+    for i in (0..300).filter(|i| i % 7 != 3) {
+        let header = format!("MSG p.{i} 1 {}\r", i.to_string().len());
+        assert_eq!(subscriber.read_line().await.unwrap(), header);
+        assert_eq!(subscriber.read_line().await.unwrap(), format!("{i}\r"));
+    }
+    assert_eq!(broker.counter("nats", "publishes"), 300);
+    subscriber.send(b"PING\r\n").await;
+    assert_eq!(subscriber.read_line().await.unwrap(), "PONG\r");
     broker.shutdown().await;
 }

@@ -219,3 +219,42 @@ async fn commands_split_anywhere_are_answered_like_redis_server() {
     assert_eq!(actual, expected);
     broker.shutdown().await;
 }
+
+/// What arrives on `stream` until it has been quiet for 300 ms.
+async fn read_until_quiet(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(Ok(n @ 1..)) = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf)).await
+    {
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// PUBLISHes pipelined in one write are published together (one host call
+/// for the run of them) and must still be answered one by one, in order,
+/// around the commands between them, and reach a subscriber in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishes_are_answered_like_redis_server() {
+    use tokio::io::AsyncWriteExt;
+    let (_reference, reference) = redis_server().await;
+    let broker = TestBroker::start(CONFIG).await;
+    let publishes: &[u8] = b"PUBLISH a 1\r\nPUBLISH b 2\r\n*3\r\n$7\r\npublish\r\n$1\r\na\r\n$1\r\n3\r\n\
+        PING\r\nPUBLISH a 4\r\nPUBLISH a\r\nPUBLISH a \"5 6\"\r\nPUBLISH a 7\r\nPUBLISH a 8\r\n";
+    let mut seen = Vec::new();
+    for server in [reference, broker.addr("resp")] {
+        let mut subscriber = tokio::net::TcpStream::connect(server).await.unwrap();
+        subscriber.write_all(b"SUBSCRIBE a\r\n").await.unwrap();
+        assert_eq!(read_until_quiet(&mut subscriber).await, "*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n");
+        let replies = converse(server, false, &[publishes]).await;
+        seen.push((replies, read_until_quiet(&mut subscriber).await));
+    }
+    let message = |text: &str| format!("*3\r\n$7\r\nmessage\r\n$1\r\na\r\n${}\r\n{text}\r\n", text.len());
+    let expected_replies = ":1\r\n:0\r\n:1\r\n+PONG\r\n:1\r\n\
+        -ERR wrong number of arguments for 'publish' command\r\n:1\r\n:1\r\n:1\r\n";
+    let expected_messages: String = ["1", "3", "4", "5 6", "7", "8"].map(message).concat();
+    assert_eq!(seen[0], (expected_replies.to_string(), expected_messages), "the reference's answers");
+    assert_eq!(seen[1], seen[0]);
+    broker.shutdown().await;
+}

@@ -147,8 +147,14 @@ async fn publish_flood_is_stopped_by_the_per_call_budget() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_batch_over_the_per_call_budget_is_a_violation() {
+    misbehaves("batch-flood", "faults_violation").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_that_is_not_utf8_stops_the_guest() {
     misbehaves("bad-utf8", "faults_trap").await;
+    misbehaves("bad-utf8-batch", "faults_trap").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

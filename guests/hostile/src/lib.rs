@@ -14,6 +14,7 @@
 //! recurse                recurses until the stack overflows
 //! flood                  sends until the outbound buffer limit stops it
 //! publish-flood          publishes until the per-call input budget stops it
+//! batch-flood            publishes one batch larger than the per-call input budget
 //! deliver-loop <filter>  subscribes, then spins in on-deliver
 //! timer-loop             sets a timer, then spins in on-timer
 //! close-loop             spins in on-close when the connection ends
@@ -21,6 +22,7 @@
 //!                        calls the host with bad arguments; answers -ERR lines
 //! bad-utf8               publishes a topic that is not UTF-8 (a trap: the
 //!                        component model's strings are UTF-8)
+//! bad-utf8-batch         the same as the second message of a batch
 //! forge                  logs and prints text with a newline and terminal escapes in it
 //! ```
 //!
@@ -99,6 +101,16 @@ fn publish_invalid_utf8() {
     answer("bad utf-8", host::publish(message(topic, b"x")));
 }
 
+/// Publish a batch whose second message's topic is not UTF-8: the host
+/// must stop the guest there too.
+fn publish_invalid_utf8_in_batch() {
+    let not_utf8: &[u8] = black_box(b"bad/\xff\xfe");
+    // SAFETY: as in `publish_invalid_utf8`.
+    let topic = unsafe { std::str::from_utf8_unchecked(not_utf8) };
+    let outcomes = host::publish_batch(&[message("ok/first", b"x"), message(topic, b"x")]);
+    host::send(format!("+OK bad utf-8 batch accepted: {} outcomes\n", outcomes.len()).as_bytes());
+}
+
 /// Report a refused host call, or that it was (wrongly) accepted.
 fn answer<T>(what: &str, result: Result<T, sandport_guest::types::HostError>) {
     match result {
@@ -145,6 +157,13 @@ fn command(line: &str) {
                 let _ = host::publish(message("flood/x", &payload));
             }
         }
+        "batch-flood" => {
+            // 32 messages of 64 KiB: twice the tests' 1 MiB budget per call.
+            let payload = vec![b'x'; 64 * 1024];
+            let batch: Vec<Message<'_>> = (0..32).map(|_| message("flood/x", &payload)).collect();
+            let outcomes = host::publish_batch(&batch);
+            host::send(format!("+OK batch flood accepted: {} outcomes\n", outcomes.len()).as_bytes());
+        }
         "deliver-loop" => {
             answer("subscribe", host::subscribe(rest, wildcard_subscription()));
             LOOP_IN_DELIVER.set(true);
@@ -173,6 +192,7 @@ fn command(line: &str) {
             answer("subscribe", host::subscribe("#", wildcard_subscription()));
         }
         "bad-utf8" => publish_invalid_utf8(),
+        "bad-utf8-batch" => publish_invalid_utf8_in_batch(),
         "forge" => {
             host::log(LogLevel::Warn, "logged: first line\nforged: second line \u{1b}[2J");
             eprintln!("printed: \u{1b}[2J\r");

@@ -22,8 +22,8 @@ use std::cell::RefCell;
 use rustc_hash::FxHashMap;
 use sandport_guest::delivery::Delivery;
 use sandport_guest::types::{
-    CloseReason, ConnectionInfo, Credentials, ErrorCode, FilterKind, Framing, Message, NextFrame,
-    ProbeResult, ProtocolInfo, Qos, RetainedHandling, StreamScan, SubscribeOptionsParam,
+    CloseReason, ConnectionInfo, Credentials, ErrorCode, FilterKind, Framing, HostError, Message, NextFrame,
+    ProbeResult, ProtocolInfo, PublishOutcome, Qos, RetainedHandling, StreamScan, SubscribeOptionsParam,
 };
 use sandport_guest::{Handler, host, message};
 use serde::Deserialize;
@@ -146,8 +146,18 @@ impl Handler for Nats {
         let scan = STATE.with_borrow_mut(|state| {
             let mut frames = wire::Frames::new(&data, state.max_payload);
             let mut count = 0;
+            let mut pending = Vec::new();
             for op in frames.by_ref() {
                 count += 1;
+                if let Some(publish) = batchable(state, &op) {
+                    // One allocation for a typical run of them.
+                    if pending.is_empty() {
+                        pending.reserve(PUB_RUN);
+                    }
+                    pending.push(publish);
+                    continue;
+                }
+                publish_pending(state, &mut pending, &mut out);
                 match handle(state, op, &mut out) {
                     Outcome::Continue => {}
                     Outcome::Fatal(text) => {
@@ -161,6 +171,7 @@ impl Handler for Nats {
                     }
                 }
             }
+            publish_pending(state, &mut pending, &mut out);
             let next = frames.needs().map_or(NextFrame::Unknown, NextFrame::Needs);
             StreamScan { handled: frames.handled() as u32, frames: count, next }
         });
@@ -276,13 +287,9 @@ fn handle(state: &mut State, op: Result<Op<'_>, ParseError>, out: &mut Vec<u8>) 
         // nats-server closes on headers the client did not announce.
         Op::Pub { headers: Some(_), .. } if !state.headers => return Outcome::Drop("HPUB without headers"),
         Op::Pub { subject, reply, headers, payload } => {
-            if let Err(text) = publish(state, subject, reply, headers, payload, out) {
-                out.extend_from_slice(format!("-ERR '{text}'\r\n").as_bytes());
-            }
-            // nats-server acknowledges a verbose PUB even after refusing its
-            // subject, then delivers inline to this client's own subscriptions.
-            ok(state, out);
-            deliver_waiting(state, out);
+            let publish = Pub { subject, reply, headers, payload };
+            let published = publish_one(state, &publish, out);
+            answer_pub(state, published, out);
         }
         Op::Sub { subject, queue, sid } => match subscribe(state, subject, queue, sid) {
             Ok(()) => ok(state, out),
@@ -296,49 +303,168 @@ fn handle(state: &mut State, op: Result<Op<'_>, ParseError>, out: &mut Vec<u8>) 
     Outcome::Continue
 }
 
-fn publish(
+/// The arguments of one `PUB` or `HPUB`.
+struct Pub<'a> {
+    subject: &'a str,
+    reply: Option<&'a str>,
+    headers: Option<&'a [u8]>,
+    payload: &'a [u8],
+}
+
+/// A `PUB` that may wait to be published with the ones after it in one
+/// `publish-batch`: one of a connection without subscriptions, which hears
+/// nothing about a `PUB` but its own `+OK` or `-ERR` (no inline deliveries,
+/// no no-responders message), so writing those after the batch's call gives
+/// the client the same bytes in the same order.
+fn batchable<'a>(state: &State, op: &Result<Op<'a>, ParseError>) -> Option<Pub<'a>> {
+    match *op {
+        Ok(Op::Pub { subject, reply, headers, payload })
+            if state.subs.is_empty() && (headers.is_none() || state.headers) =>
+        {
+            Some(Pub { subject, reply, headers, payload })
+        }
+        _ => None,
+    }
+}
+
+/// `PUB`s a busy publisher's one read usually holds.
+const PUB_RUN: usize = 64;
+
+/// Publish the `PUB`s [`batchable`] held back, in one host call when there
+/// are several, and answer each in order.
+fn publish_pending(state: &mut State, pending: &mut Vec<Pub<'_>>, out: &mut Vec<u8>) {
+    match pending.as_slice() {
+        [] => {}
+        [publish] => {
+            let published = publish_one(state, publish, out);
+            answer_pub(state, published, out);
+        }
+        several => {
+            let answers = publish_several(state, several, out);
+            for published in answers {
+                answer_pub(state, published, out);
+            }
+        }
+    }
+    pending.clear();
+}
+
+/// What follows a `PUB` once it was published or refused: nats-server
+/// acknowledges a verbose `PUB` even after refusing its subject, then
+/// delivers inline to this client's own subscriptions.
+fn answer_pub(state: &mut State, published: Result<(), String>, out: &mut Vec<u8>) {
+    if let Err(text) = published {
+        out.extend_from_slice(format!("-ERR '{text}'\r\n").as_bytes());
+    }
+    if state.verbose {
+        out.extend_from_slice(b"+OK\r\n");
+    }
+    deliver_waiting(state, out);
+}
+
+fn publish_one(state: &State, publish: &Pub<'_>, out: &mut Vec<u8>) -> Result<(), String> {
+    PUBLISH_TOPIC.with_borrow_mut(|topics| {
+        topics.clear();
+        let Some(prepared) = prepare(state, topics, publish)? else { return Ok(()) };
+        let outcome = host::publish(prepared.message(topics));
+        published(state, publish, outcome, out)
+    })
+}
+
+/// Publish several `PUB`s in one `publish-batch`; what each came to, in order.
+fn publish_several(state: &State, several: &[Pub<'_>], out: &mut Vec<u8>) -> Vec<Result<(), String>> {
+    PUBLISH_TOPIC.with_borrow_mut(|topics| {
+        topics.clear();
+        let prepared: Vec<_> = several.iter().map(|publish| prepare(state, topics, publish)).collect();
+        let messages: Vec<Message<'_>> = prepared
+            .iter()
+            .flat_map(|p| p.as_ref().ok().and_then(Option::as_ref))
+            .map(|p| p.message(topics))
+            .collect();
+        let mut outcomes = host::publish_batch(&messages).into_iter();
+        several
+            .iter()
+            .zip(prepared)
+            .map(|(publish, prepared)| match prepared? {
+                None => Ok(()),
+                Some(_) => match outcomes.next() {
+                    Some(outcome) => published(state, publish, outcome, out),
+                    None => Err("the broker did not answer every publish".into()),
+                },
+            })
+            .collect()
+    })
+}
+
+/// A `PUB` mapped for the host: its canonical topic is `topics[topic]`.
+struct Prepared<'a> {
+    topic: std::ops::Range<usize>,
+    reply_topic: Option<String>,
+    headers: Vec<(&'a str, &'a str)>,
+    payload: &'a [u8],
+}
+
+impl Prepared<'_> {
+    fn message<'m>(&'m self, topics: &'m str) -> Message<'m> {
+        Message {
+            reply_to: self.reply_topic.as_deref(),
+            headers: &self.headers,
+            ..message(&topics[self.topic.clone()], self.payload)
+        }
+    }
+}
+
+/// Map a `PUB`'s subjects and headers for the host, appending its topic to
+/// `topics`; `None` when the message goes nowhere.
+fn prepare<'a>(
     state: &State,
-    subject: &str,
-    reply: Option<&str>,
-    headers: Option<&[u8]>,
-    payload: &[u8],
+    topics: &mut String,
+    publish: &Pub<'a>,
+) -> Result<Option<Prepared<'a>>, String> {
+    let start = topics.len();
+    let reply_topic = subject::to_topic_into(topics, publish.subject, false)
+        .and_then(|()| publish.reply.map(|reply| subject::to_topic(reply, false)).transpose());
+    let reply_topic = match reply_topic {
+        Ok(reply_topic) => reply_topic,
+        Err(_) if state.pedantic => return Err("Invalid Publish Subject".into()),
+        // nats-server takes such a subject unchecked unless pedantic, and
+        // nats-py closes its connection on any other -ERR. A subject that is
+        // no topic cannot be routed, so the message goes nowhere (nats-server
+        // would hand `a.*` to the subscriptions `a.*` and `>`).
+        Err(_) => {
+            topics.truncate(start);
+            return Ok(None);
+        }
+    };
+    let headers = match publish.headers {
+        Some(block) => wire::parse_headers(block).ok_or_else(|| "Invalid Header".to_string())?,
+        None => Vec::new(),
+    };
+    Ok(Some(Prepared { topic: start..topics.len(), reply_topic, headers, payload: publish.payload }))
+}
+
+/// What the host's answer to a publish means for the client.
+fn published(
+    state: &State,
+    publish: &Pub<'_>,
+    outcome: Result<PublishOutcome, HostError>,
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
-    PUBLISH_TOPIC.with_borrow_mut(|topic| {
-        topic.clear();
-        let reply_topic = subject::to_topic_into(topic, subject, false)
-            .and_then(|()| reply.map(|reply| subject::to_topic(reply, false)).transpose());
-        let reply_topic = match reply_topic {
-            Ok(reply_topic) => reply_topic,
-            Err(_) if state.pedantic => return Err("Invalid Publish Subject".into()),
-            // nats-server takes such a subject unchecked unless pedantic, and
-            // nats-py closes its connection on any other -ERR. A subject that is
-            // no topic cannot be routed, so the message goes nowhere (nats-server
-            // would hand `a.*` to the subscriptions `a.*` and `>`).
-            Err(_) => return Ok(()),
-        };
-        let header_list = match headers {
-            Some(block) => wire::parse_headers(block).ok_or_else(|| "Invalid Header".to_string())?,
-            None => Vec::new(),
-        };
-        let msg =
-            Message { reply_to: reply_topic.as_deref(), headers: &header_list, ..message(topic, payload) };
-        match host::publish(msg) {
-            Ok(outcome) => {
-                if outcome.receivers == 0
-                    && state.no_responders
-                    && let Some(reply) = reply
-                {
-                    no_responders(state, reply, out);
-                }
-                Ok(())
+    match outcome {
+        Ok(outcome) => {
+            if outcome.receivers == 0
+                && state.no_responders
+                && let Some(reply) = publish.reply
+            {
+                no_responders(state, reply, out);
             }
-            Err(e) if e.code == ErrorCode::NotAuthorized => {
-                Err(format!("Permissions Violation for Publish to \"{subject}\""))
-            }
-            Err(e) => Err(e.message),
+            Ok(())
         }
-    })
+        Err(e) if e.code == ErrorCode::NotAuthorized => {
+            Err(format!("Permissions Violation for Publish to \"{}\"", publish.subject))
+        }
+        Err(e) => Err(e.message),
+    }
 }
 
 /// Tell a requester nobody listens: a `503` status on its reply subject.

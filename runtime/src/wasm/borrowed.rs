@@ -1,5 +1,5 @@
-//! `publish` and `send`, reading what the guest passes where it lies in the
-//! guest's memory.
+//! `publish`, `publish-batch` and `send`, reading what the guest passes
+//! where it lies in the guest's memory.
 //!
 //! bindgen's `host` trait takes owned arguments: before a host function
 //! runs, wasmtime has copied every string and list the guest passed into an
@@ -25,11 +25,13 @@ use crate::wasm::state::GuestState;
 /// The `host` interface's name in the linker, as bindgen defines it.
 const HOST_INTERFACE: &str = "sandport:protocol/host@0.2.0";
 
-/// Link `publish` and `send` over bindgen's definitions of them.
+/// Link `publish`, `publish-batch` and `send` over bindgen's definitions
+/// of them.
 pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     let mut host = linker.instance(HOST_INTERFACE)?;
     host.func_wrap("publish", publish)?;
+    host.func_wrap("publish-batch", publish_batch)?;
     host.func_wrap("send", send)?;
     linker.allow_shadowing(false);
     Ok(())
@@ -55,6 +57,31 @@ fn publish(
         store.data().publish_ref(message)?
     };
     Ok((store.data_mut().record_publish(published),))
+}
+
+/// Each message as `publish` would take it, in order. The views are lifted
+/// first (one pass over the list, bounds-checked), then each is published
+/// while the guest's memory is borrowed for it.
+fn publish_batch(
+    mut store: StoreContextMut<'_, GuestState>,
+    (messages,): (WasmList<MessageView>,),
+) -> wasmtime::Result<(Vec<Result<PublishOutcome, HostError>>,)> {
+    // Sized up front and filled by a plain loop: views are large, and
+    // `collect` through `Result` grows the vector from nothing, moving them.
+    let mut views = Vec::with_capacity(messages.len());
+    for view in messages.iter(&mut store)? {
+        views.push(view?);
+    }
+    let mut outcomes = Vec::with_capacity(views.len());
+    for view in &views {
+        let headers = view.copy_headers(&mut store)?;
+        let published = {
+            let message = view.borrow(headers, &store)?;
+            store.data().publish_ref(message)?
+        };
+        outcomes.push(store.data_mut().record_publish(published));
+    }
+    Ok((outcomes,))
 }
 
 /// The WIT `message` as lifted: where each field lies in guest memory.

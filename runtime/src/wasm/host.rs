@@ -295,6 +295,19 @@ impl host::Host for GuestState {
         Ok(self.record_publish(published))
     }
 
+    fn publish_batch(
+        &mut self,
+        messages: Vec<Message>,
+    ) -> wasmtime::Result<Vec<Result<PublishOutcome, HostError>>> {
+        // Linked by `wasm/borrowed.rs` as well; this is the same batch copied out.
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for message in &messages {
+            let published = self.publish_ref(MessageRef::of(message))?;
+            outcomes.push(self.record_publish(published));
+        }
+        Ok(outcomes)
+    }
+
     fn subscribe(
         &mut self,
         filter: String,
