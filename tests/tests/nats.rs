@@ -292,3 +292,39 @@ async fn pipelined_publishes_reach_a_subscriber_in_order() {
     assert_eq!(subscriber.read_line().await.unwrap(), "PONG\r");
     broker.shutdown().await;
 }
+
+/// A read of 16 KiB holds about 1 500 of these short PUBs, more than one
+/// `publish-batch` call takes: the guest must split the run, and every
+/// message still arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_longer_than_one_publish_batch_is_split() {
+    let broker = TestBroker::start(CONFIG).await;
+    let mut subscriber = raw(&broker).await;
+    subscriber.send(b"CONNECT {\"verbose\":false}\r\nSUB p 1\r\nPING\r\n").await;
+    assert_eq!(subscriber.read_line().await.unwrap(), "PONG\r");
+    let mut publisher = raw(&broker).await;
+    let mut pipeline = String::from("CONNECT {\"verbose\":false}\r\n");
+    let marked = |i: usize| i.is_multiple_of(100);
+    for i in 0..5000 {
+        if marked(i) {
+            pipeline.push_str(&format!("PUB p {}\r\n{i}\r\n", i.to_string().len()));
+        } else {
+            pipeline.push_str("PUB p 0\r\n\r\n");
+        }
+    }
+    pipeline.push_str("PING\r\n");
+    publisher.send(pipeline.as_bytes()).await;
+    assert_eq!(publisher.read_line().await.unwrap(), "PONG\r");
+    for i in 0..5000 {
+        let payload = if marked(i) { i.to_string() } else { String::new() };
+        assert_eq!(
+            subscriber.read_line().await.unwrap(),
+            format!("MSG p 1 {}\r", payload.len()),
+            "message {i}"
+        );
+        assert_eq!(subscriber.read_line().await.unwrap(), format!("{payload}\r"), "message {i}");
+    }
+    assert_eq!(broker.counter("nats", "faults_violation"), 0);
+    assert_eq!(broker.counter("nats", "publishes"), 5000);
+    broker.shutdown().await;
+}

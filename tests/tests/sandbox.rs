@@ -149,6 +149,7 @@ async fn publish_flood_is_stopped_by_the_per_call_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_batch_over_the_per_call_budget_is_a_violation() {
     misbehaves("batch-flood", "faults_violation").await;
+    misbehaves("batch-long", "faults_violation").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

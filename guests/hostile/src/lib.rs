@@ -15,6 +15,7 @@
 //! flood                  sends until the outbound buffer limit stops it
 //! publish-flood          publishes until the per-call input budget stops it
 //! batch-flood            publishes one batch larger than the per-call input budget
+//! batch-long             publishes one batch of more messages than a call takes
 //! deliver-loop <filter>  subscribes, then spins in on-deliver
 //! timer-loop             sets a timer, then spins in on-timer
 //! close-loop             spins in on-close when the connection ends
@@ -163,6 +164,11 @@ fn command(line: &str) {
             let batch: Vec<Message<'_>> = (0..32).map(|_| message("flood/x", &payload)).collect();
             let outcomes = host::publish_batch(&batch);
             host::send(format!("+OK batch flood accepted: {} outcomes\n", outcomes.len()).as_bytes());
+        }
+        "batch-long" => {
+            let batch = vec![message("long/x", b""); sandport_guest::MAX_PUBLISH_BATCH + 1];
+            let outcomes = host::publish_batch(&batch);
+            host::send(format!("+OK long batch accepted: {} outcomes\n", outcomes.len()).as_bytes());
         }
         "deliver-loop" => {
             answer("subscribe", host::subscribe(rest, wildcard_subscription()));

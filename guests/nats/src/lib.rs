@@ -340,9 +340,10 @@ fn publish_pending(state: &mut State, pending: &mut Vec<Pub<'_>>, out: &mut Vec<
             answer_pub(state, published, out);
         }
         several => {
-            let answers = publish_several(state, several, out);
-            for published in answers {
-                answer_pub(state, published, out);
+            for chunk in several.chunks(sandport_guest::MAX_PUBLISH_BATCH) {
+                for published in publish_several(state, chunk, out) {
+                    answer_pub(state, published, out);
+                }
             }
         }
     }

@@ -112,6 +112,10 @@ pub fn put_decimal(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[at..]);
 }
 
+/// Most messages `host::publish_batch` takes in one call (the WIT says
+/// so); a longer list stops the guest.
+pub const MAX_PUBLISH_BATCH: usize = 1024;
+
 /// A message with only the fields most protocols set, borrowing its topic
 /// and payload (the host copies them when it takes the message); fill in the
 /// rest with struct update syntax.

@@ -19,7 +19,7 @@ use wasmtime::component::{ComponentType, Lift, Linker, WasmList, WasmStr};
 
 use crate::wasm::bindings::types::{HostError, Message, PublishOutcome, Qos};
 use crate::wasm::cpu::HostTime;
-use crate::wasm::host::MAX_HEADERS;
+use crate::wasm::host::{MAX_HEADERS, check_batch_len};
 use crate::wasm::state::GuestState;
 
 /// The `host` interface's name in the linker, as bindgen defines it.
@@ -66,6 +66,7 @@ fn publish_batch(
     mut store: StoreContextMut<'_, GuestState>,
     (messages,): (WasmList<MessageView>,),
 ) -> wasmtime::Result<(Vec<Result<PublishOutcome, HostError>>,)> {
+    check_batch_len(messages.len())?;
     // Sized up front and filled by a plain loop: views are large, and
     // `collect` through `Result` grows the vector from nothing, moving them.
     let mut views = Vec::with_capacity(messages.len());

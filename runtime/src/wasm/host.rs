@@ -45,6 +45,24 @@ const MAX_TAKE: usize = 256;
 /// Most headers on one message.
 pub const MAX_HEADERS: usize = 1024;
 
+/// Most messages one `publish-batch` call takes. It bounds what the host
+/// allocates for a call (a lifted view and a result per message) and how
+/// long the call runs, which the epoch deadline cannot interrupt: a guest
+/// that passed its whole memory as a list of empty messages would
+/// otherwise make the host allocate several times that memory.
+pub const MAX_PUBLISH_BATCH: usize = 1024;
+
+/// Refuse a `publish-batch` of more than [`MAX_PUBLISH_BATCH`] messages.
+pub fn check_batch_len(len: usize) -> wasmtime::Result<()> {
+    if len > MAX_PUBLISH_BATCH {
+        return Err(Violation(format!(
+            "passed {len} messages to publish-batch, which takes at most {MAX_PUBLISH_BATCH}"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 fn kv_refusal(error: KvError) -> HostError {
     let code = match error {
         KvError::Quota(_) => ErrorCode::QuotaExceeded,
@@ -300,6 +318,7 @@ impl host::Host for GuestState {
         messages: Vec<Message>,
     ) -> wasmtime::Result<Vec<Result<PublishOutcome, HostError>>> {
         // Linked by `wasm/borrowed.rs` as well; this is the same batch copied out.
+        check_batch_len(messages.len())?;
         let mut outcomes = Vec::with_capacity(messages.len());
         for message in &messages {
             let published = self.publish_ref(MessageRef::of(message))?;
