@@ -80,6 +80,34 @@ async fn raw(broker: &TestBroker) -> LineClient {
     client
 }
 
+/// A quiet client subscribed to `subject` with sid `sid`, once the
+/// broker has the subscription.
+async fn subscriber(broker: &TestBroker, subject: &str, sid: u32) -> LineClient {
+    let mut client = raw(broker).await;
+    client.send(format!("CONNECT {{\"verbose\":false}}\r\nSUB {subject} {sid}\r\nPING\r\n").as_bytes()).await;
+    assert_eq!(client.read_line().await.unwrap(), "PONG\r");
+    client
+}
+
+/// A `PUB` of `payload` to `subject`.
+fn pub_op(subject: &str, payload: &str) -> String {
+    format!("PUB {subject} {}\r\n{payload}\r\n", payload.len())
+}
+
+/// Send `pubs` from a new quiet client in one write, and wait until the
+/// broker has handled them (a PING answered after them).
+async fn publish_pipelined(broker: &TestBroker, pubs: &str) {
+    let mut publisher = raw(broker).await;
+    publisher.send(format!("CONNECT {{\"verbose\":false}}\r\n{pubs}PING\r\n").as_bytes()).await;
+    assert_eq!(publisher.read_line().await.unwrap(), "PONG\r");
+}
+
+/// Read the next delivery and check it is `payload` on `subject` for `sid`.
+async fn expect_msg(client: &mut LineClient, subject: &str, sid: u32, payload: &str) {
+    assert_eq!(client.read_line().await.unwrap(), format!("MSG {subject} {sid} {}\r", payload.len()));
+    assert_eq!(client.read_line().await.unwrap(), format!("{payload}\r"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_protocol_lines() {
     let broker = TestBroker::start(CONFIG).await;
@@ -110,9 +138,7 @@ async fn raw_protocol_lines() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_to_nats_byte_for_byte() {
     let broker = TestBroker::start(CONFIG).await;
-    let mut nats = raw(&broker).await;
-    nats.send(b"CONNECT {\"verbose\":false}\r\nSUB bridge.> 9\r\nPING\r\n").await;
-    assert_eq!(nats.read_line().await.unwrap(), "PONG\r");
+    let mut nats = subscriber(&broker, "bridge.>", 9).await;
     // Every byte value, twice, so CR, LF and NUL all cross.
     let payload: Vec<u8> = (0..=255u8).chain(0..=255u8).collect();
     let dir = tempfile::tempdir().unwrap();
@@ -270,22 +296,14 @@ async fn nats_queue_and_mqtt_shared_subscription_balance_together() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_publishes_reach_a_subscriber_in_order() {
     let broker = TestBroker::start(CONFIG).await;
-    let mut subscriber = raw(&broker).await;
-    subscriber.send(b"CONNECT {\"verbose\":false}\r\nSUB p.> 1\r\nPING\r\n").await;
-    assert_eq!(subscriber.read_line().await.unwrap(), "PONG\r");
-    let mut publisher = raw(&broker).await;
-    let mut pipeline = String::from("CONNECT {\"verbose\":false}\r\n");
-    for i in 0..300 {
-        let subject = if i % 7 == 3 { format!("q.{i}") } else { format!("p.{i}") };
-        pipeline.push_str(&format!("PUB {subject} {}\r\n{i}\r\n", i.to_string().len()));
-    }
-    pipeline.push_str("PING\r\n");
-    publisher.send(pipeline.as_bytes()).await;
-    assert_eq!(publisher.read_line().await.unwrap(), "PONG\r");
-    for i in (0..300).filter(|i| i % 7 != 3) {
-        let header = format!("MSG p.{i} 1 {}\r", i.to_string().len());
-        assert_eq!(subscriber.read_line().await.unwrap(), header);
-        assert_eq!(subscriber.read_line().await.unwrap(), format!("{i}\r"));
+    let mut subscriber = subscriber(&broker, "p.>", 1).await;
+    let unsubscribed = |i: &usize| i % 7 == 3;
+    let pubs: String = (0..300)
+        .map(|i| pub_op(&format!("{}.{i}", if unsubscribed(&i) { "q" } else { "p" }), &i.to_string()))
+        .collect();
+    publish_pipelined(&broker, &pubs).await;
+    for i in (0..300).filter(|i| !unsubscribed(i)) {
+        expect_msg(&mut subscriber, &format!("p.{i}"), 1, &i.to_string()).await;
     }
     assert_eq!(broker.counter("nats", "publishes"), 300);
     subscriber.send(b"PING\r\n").await;
@@ -299,30 +317,13 @@ async fn pipelined_publishes_reach_a_subscriber_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_longer_than_one_publish_batch_is_split() {
     let broker = TestBroker::start(CONFIG).await;
-    let mut subscriber = raw(&broker).await;
-    subscriber.send(b"CONNECT {\"verbose\":false}\r\nSUB p 1\r\nPING\r\n").await;
-    assert_eq!(subscriber.read_line().await.unwrap(), "PONG\r");
-    let mut publisher = raw(&broker).await;
-    let mut pipeline = String::from("CONNECT {\"verbose\":false}\r\n");
-    let marked = |i: usize| i.is_multiple_of(100);
+    let mut subscriber = subscriber(&broker, "p", 1).await;
+    // Mostly empty PUBs (11 bytes each), every hundredth numbered.
+    let payload = |i: usize| if i.is_multiple_of(100) { i.to_string() } else { String::new() };
+    let pubs: String = (0..5000).map(|i| pub_op("p", &payload(i))).collect();
+    publish_pipelined(&broker, &pubs).await;
     for i in 0..5000 {
-        if marked(i) {
-            pipeline.push_str(&format!("PUB p {}\r\n{i}\r\n", i.to_string().len()));
-        } else {
-            pipeline.push_str("PUB p 0\r\n\r\n");
-        }
-    }
-    pipeline.push_str("PING\r\n");
-    publisher.send(pipeline.as_bytes()).await;
-    assert_eq!(publisher.read_line().await.unwrap(), "PONG\r");
-    for i in 0..5000 {
-        let payload = if marked(i) { i.to_string() } else { String::new() };
-        assert_eq!(
-            subscriber.read_line().await.unwrap(),
-            format!("MSG p 1 {}\r", payload.len()),
-            "message {i}"
-        );
-        assert_eq!(subscriber.read_line().await.unwrap(), format!("{payload}\r"), "message {i}");
+        expect_msg(&mut subscriber, "p", 1, &payload(i)).await;
     }
     assert_eq!(broker.counter("nats", "faults_violation"), 0);
     assert_eq!(broker.counter("nats", "publishes"), 5000);

@@ -51,12 +51,7 @@ fn publish(
     mut store: StoreContextMut<'_, GuestState>,
     (message,): (MessageView,),
 ) -> wasmtime::Result<(Result<PublishOutcome, HostError>,)> {
-    let headers = message.copy_headers(&mut store)?;
-    let published = {
-        let message = message.borrow(headers, &store)?;
-        store.data().publish_ref(message)?
-    };
-    Ok((store.data_mut().record_publish(published),))
+    Ok((publish_view(&mut store, &message)?,))
 }
 
 /// Each message as `publish` would take it, in order. The views are lifted
@@ -75,14 +70,22 @@ fn publish_batch(
     }
     let mut outcomes = Vec::with_capacity(views.len());
     for view in &views {
-        let headers = view.copy_headers(&mut store)?;
-        let published = {
-            let message = view.borrow(headers, &store)?;
-            store.data().publish_ref(message)?
-        };
-        outcomes.push(store.data_mut().record_publish(published));
+        outcomes.push(publish_view(&mut store, view)?);
     }
     Ok((outcomes,))
+}
+
+/// Publish one message the guest passed, reading it where it lies.
+fn publish_view(
+    store: &mut StoreContextMut<'_, GuestState>,
+    view: &MessageView,
+) -> wasmtime::Result<Result<PublishOutcome, HostError>> {
+    let headers = view.copy_headers(store)?;
+    let published = {
+        let message = view.borrow(headers, store)?;
+        store.data().publish_ref(message)?
+    };
+    Ok(store.data_mut().record_publish(published))
 }
 
 /// The WIT `message` as lifted: where each field lies in guest memory.

@@ -319,12 +319,7 @@ impl host::Host for GuestState {
     ) -> wasmtime::Result<Vec<Result<PublishOutcome, HostError>>> {
         // Linked by `wasm/borrowed.rs` as well; this is the same batch copied out.
         check_batch_len(messages.len())?;
-        let mut outcomes = Vec::with_capacity(messages.len());
-        for message in &messages {
-            let published = self.publish_ref(MessageRef::of(message))?;
-            outcomes.push(self.record_publish(published));
-        }
-        Ok(outcomes)
+        messages.into_iter().map(|message| self.publish(message)).collect()
     }
 
     fn subscribe(
