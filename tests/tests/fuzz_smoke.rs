@@ -108,6 +108,8 @@ fn resp_stream() {
             b"PING\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n",
             b"*1\r\n$-1\r\n",
             b"*-1\r\nQUIT\r\n",
+            b"*3\r\n$7\r\npublish\r\n$5\r\na+b%#\r\n$2\r\nhi\r\n",
+            "*2\r\n$5\r\np\u{ef}ng\r\n$5\r\ncaf\u{e9}\r\nSUBSCRIBE x%2B\r\n".as_bytes(),
         ],
         sandport_guest_resp::fuzzing::stream,
     );

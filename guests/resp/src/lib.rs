@@ -98,6 +98,12 @@ fn family_tag(family: Family) -> u8 {
 /// Canonical topic of a channel: borrowed from the command when it needs no
 /// escape (most channels), so publishing copies nothing in the guest.
 fn channel_topic(channel: &[u8]) -> Cow<'_, str> {
+    // One pass for both: ASCII (so UTF-8) and nothing to escape.
+    if channel.iter().all(|b| b.is_ascii() && !matches!(b, b'%' | b'+' | b'#')) {
+        debug_assert!(channel.is_ascii());
+        // SAFETY: every byte is ASCII, so the bytes are UTF-8.
+        return Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(channel) });
+    }
     if !channel.iter().any(|b| matches!(b, b'%' | b'+' | b'#'))
         && let Ok(text) = std::str::from_utf8(channel)
     {
@@ -232,13 +238,22 @@ fn wrong_arity(enc: Encoder, out: &mut Vec<u8>, name: &str) {
 /// Longest command name looked up; longer ones are unknown.
 const MAX_COMMAND_NAME: usize = 32;
 
-/// `raw` upper-cased into `buffer`, or "" when it is too long or not UTF-8
-/// (no command matches either).
+/// `raw` upper-cased into `buffer`, or "" when it is too long or not ASCII
+/// (no command matches either). Upper-cased and checked in one pass: this
+/// runs for every command.
 fn command_name<'b>(raw: &[u8], buffer: &'b mut [u8; MAX_COMMAND_NAME]) -> &'b str {
     let Some(copy) = buffer.get_mut(..raw.len()) else { return "" };
-    copy.copy_from_slice(raw);
-    copy.make_ascii_uppercase();
-    std::str::from_utf8(copy).unwrap_or("")
+    let mut ascii = true;
+    for (upper, &byte) in copy.iter_mut().zip(raw) {
+        ascii &= byte.is_ascii();
+        *upper = byte.to_ascii_uppercase();
+    }
+    if !ascii {
+        return "";
+    }
+    debug_assert!(copy.is_ascii());
+    // SAFETY: every byte is ASCII, so the bytes are UTF-8.
+    unsafe { std::str::from_utf8_unchecked(copy) }
 }
 
 /// Run one command; returns false when the connection is closing.
@@ -278,7 +293,15 @@ fn command(state: &mut State, args: &[&[u8]], out: &mut Vec<u8>) -> bool {
         enc.error(out, "NOAUTH Authentication required.");
         return true;
     }
+    // Arms are tried in order, each a string comparison: the busiest first.
     match (name, argc) {
+        ("PUBLISH" | "SPUBLISH", 3) => {
+            let topic = channel_topic(args[1]);
+            match host::publish(message(&topic, args[2])) {
+                Ok(outcome) => enc.integer(out, i64::from(outcome.receivers)),
+                Err(e) => enc.error(out, &format!("ERR {}", e.message)),
+            }
+        }
         ("PING", 1 | 2) => {
             if state.subscribed() > 0 && !state.resp3 {
                 enc.array(out, 2);
@@ -434,13 +457,6 @@ fn command(state: &mut State, args: &[&[u8]], out: &mut Vec<u8>) -> bool {
         ("UNSUBSCRIBE", _) => unsubscribe(state, Family::Channel, &args[1..], out),
         ("PUNSUBSCRIBE", _) => unsubscribe(state, Family::Pattern, &args[1..], out),
         ("SUNSUBSCRIBE", _) => unsubscribe(state, Family::Shard, &args[1..], out),
-        ("PUBLISH" | "SPUBLISH", 3) => {
-            let topic = channel_topic(args[1]);
-            match host::publish(message(&topic, args[2])) {
-                Ok(outcome) => enc.integer(out, i64::from(outcome.receivers)),
-                Err(e) => enc.error(out, &format!("ERR {}", e.message)),
-            }
-        }
         ("PUBSUB", _) if argc >= 2 => pubsub(state, args, out),
         _ => unknown(enc, args, out, name),
     }
@@ -862,7 +878,9 @@ mod tests {
 
     #[test]
     fn channels_round_trip_through_topics() {
-        assert_eq!(channel_topic(b"news/sport"), "news/sport");
+        assert!(matches!(channel_topic(b"news/sport"), Cow::Borrowed("news/sport")));
+        assert!(matches!(channel_topic("café".as_bytes()), Cow::Borrowed("café")));
+        assert_eq!(channel_topic(b"caf\xe9+"), "caf\u{fffd}%2B");
         assert_eq!(channel_topic(b"a+b#c%"), "a%2Bb%23c%25");
         assert_eq!(topic_channel("a%2Bb%23c%25"), b"a+b#c%");
     }
@@ -872,7 +890,8 @@ mod tests {
         let mut buffer = [0u8; MAX_COMMAND_NAME];
         assert_eq!(command_name(b"publish", &mut buffer), "PUBLISH");
         assert_eq!(command_name(b"PiNg", &mut buffer), "PING");
-        assert_eq!(command_name("pïng".as_bytes(), &mut buffer), "PïNG", "only ASCII letters change");
+        assert_eq!(command_name(b"client-9_x", &mut buffer), "CLIENT-9_X", "only letters change");
+        assert_eq!(command_name("pïng".as_bytes(), &mut buffer), "", "not ASCII (no command is)");
         assert_eq!(command_name(b"\xffping", &mut buffer), "", "not UTF-8");
         assert_eq!(command_name(&[b'a'; MAX_COMMAND_NAME + 1], &mut buffer), "", "too long");
     }

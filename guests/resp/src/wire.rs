@@ -146,6 +146,33 @@ fn number(text: &[u8]) -> Option<i64> {
     Some(value)
 }
 
+/// The number on the header line at `at` (the `3` of `*3\r\n`, the `64` of
+/// `$64\r\n`) and where the next line starts; None while the line is
+/// incomplete, `invalid` when it is not a number.
+fn header_number(buffer: &[u8], at: usize, invalid: &str) -> Result<Option<(i64, usize)>, FrameError> {
+    if let Some(found) = plain_header(buffer, at) {
+        return Ok(Some(found));
+    }
+    let Some((text, next)) = line(buffer, at, 32)? else { return Ok(None) };
+    Ok(Some((number(text).ok_or(invalid)?, next)))
+}
+
+/// The common header, up to nine digits and CRLF, read in one pass: with
+/// one header line per command and one per argument this is the scanner's
+/// busiest loop, and `line` then `number` walk the digits twice. Anything else (a sign, no
+/// digits, an incomplete line) is None and left to them.
+fn plain_header(buffer: &[u8], at: usize) -> Option<(i64, usize)> {
+    let (mut value, mut end) = (0, at);
+    while let Some(digit) = buffer.get(end).map(|b| b.wrapping_sub(b'0')).filter(|d| *d <= 9) {
+        value = value * 10 + i64::from(digit);
+        end += 1;
+        if end - at > 9 {
+            return None;
+        }
+    }
+    (end > at && buffer.get(end..end + 2) == Some(b"\r\n")).then_some((value, end + 2))
+}
+
 /// Where the command at the start of `buffer` ends, pushing its arguments
 /// onto `args` on the way.
 fn command<'a>(buffer: &'a [u8], max_bulk: usize, args: &mut Args<'a>) -> Result<Length, FrameError> {
@@ -165,8 +192,9 @@ fn command<'a>(buffer: &'a [u8], max_bulk: usize, args: &mut Args<'a>) -> Result
             None => Ok(Length::Needs(None)),
         };
     }
-    let Some((count, mut at)) = line(buffer, 1, 32)? else { return Ok(Length::Needs(None)) };
-    let count = number(count).ok_or("Protocol error: invalid multibulk length")?;
+    let Some((count, mut at)) = header_number(buffer, 1, "Protocol error: invalid multibulk length")? else {
+        return Ok(Length::Needs(None));
+    };
     if count > MAX_ARGS as i64 {
         return Err("Protocol error: invalid multibulk length".into());
     }
@@ -175,9 +203,11 @@ fn command<'a>(buffer: &'a [u8], max_bulk: usize, args: &mut Args<'a>) -> Result
         if kind != b'$' {
             return Err(format!("Protocol error: expected '$', got '{}'", kind as char));
         }
-        let Some((len, data)) = line(buffer, at + 1, 32)? else { return Ok(Length::Needs(None)) };
-        let len = number(len).filter(|n| *n >= 0 && *n as usize <= max_bulk);
-        let len = len.ok_or("Protocol error: invalid bulk length")? as usize;
+        const INVALID_BULK: &str = "Protocol error: invalid bulk length";
+        let Some((len, data)) = header_number(buffer, at + 1, INVALID_BULK)? else {
+            return Ok(Length::Needs(None));
+        };
+        let len = Some(len).filter(|n| *n >= 0 && *n as usize <= max_bulk).ok_or(INVALID_BULK)? as usize;
         let end = data + len + 2;
         if end > buffer.len() {
             // Not the whole command's size yet, but at least this much.
@@ -413,6 +443,40 @@ mod tests {
         for text in ["", "-", "+", "1a", " 1", "9223372036854775808", "--1", "1.0", "12345678901234567/"] {
             assert_eq!(number(text.as_bytes()), None, "{text}");
         }
+    }
+
+    #[test]
+    fn header_numbers_read_like_line_then_number() {
+        let slow = |buffer: &[u8]| -> Result<Option<(i64, usize)>, FrameError> {
+            let Some((text, next)) = line(buffer, 0, 32)? else { return Ok(None) };
+            Ok(Some((number(text).ok_or("bad")?, next)))
+        };
+        let cases: [&[u8]; 17] = [
+            b"3\r\n",
+            b"64\r\n$",
+            b"007\r\n",
+            b"0\r\n",
+            b"123456789\r\n",
+            b"1234567890\r\n",
+            b"99999999999999999999\r\n",
+            b"-1\r\n",
+            b"+5\r\n",
+            b"3",
+            b"3\r",
+            b"3\n",
+            b"3x\r\n",
+            b"\r\n",
+            b"",
+            b"1 \r\n",
+            b"12345678901234567890123456789012345\r\n",
+        ];
+        for case in cases {
+            assert_eq!(header_number(case, 0, "bad"), slow(case), "{}", String::from_utf8_lossy(case));
+        }
+        // The fast path itself takes the plain ones.
+        assert_eq!(plain_header(b"*3\r\n", 1), Some((3, 4)));
+        assert_eq!(plain_header(b"123456789\r\n", 0), Some((123_456_789, 11)));
+        assert_eq!(plain_header(b"1234567890\r\n", 0), None);
     }
 
     #[test]
