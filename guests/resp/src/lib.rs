@@ -71,7 +71,14 @@ struct State {
     /// Subscriptions by (family, channel or pattern) -> host id.
     subscriptions: BTreeMap<(u8, Vec<u8>), u32>,
     by_host_id: BTreeMap<u32, (Family, Vec<u8>)>,
+    /// The reply buffer, kept empty between calls so that a batch of
+    /// commands does not allocate one.
+    replies: Vec<u8>,
 }
+
+/// Most reply-buffer capacity kept between calls; a larger one (the reply
+/// to a big `GET`, say) is freed with its call.
+const KEPT_REPLY_BYTES: usize = 4096;
 
 impl State {
     fn encoder(&self) -> Encoder {
@@ -80,6 +87,16 @@ impl State {
 
     fn subscribed(&self) -> usize {
         self.subscriptions.len()
+    }
+
+    /// Send what `out` holds, then keep it for the next call unless it grew
+    /// large.
+    fn send_replies(&mut self, mut out: Vec<u8>) {
+        host::send(&out);
+        out.clear();
+        if out.capacity() <= KEPT_REPLY_BYTES {
+            self.replies = out;
+        }
     }
 
     fn key(&self, key: &[u8]) -> String {
@@ -161,11 +178,12 @@ impl Handler for Resp {
     }
 
     fn on_stream(data: Vec<u8>) -> Result<StreamScan, String> {
-        // Replies are usually shorter than their commands; a big command
-        // (SET of a large value) must not double the guest's memory.
-        let mut out = Vec::with_capacity(data.len().min(16 * 1024));
         let mut args = wire::Args::default();
         let scan = STATE.with_borrow_mut(|state| {
+            let mut out = std::mem::take(&mut state.replies);
+            // Replies are usually shorter than their commands; a big command
+            // (SET of a large value) must not double the guest's memory.
+            out.reserve(data.len().min(16 * 1024));
             let mut frames = wire::Frames::new(&data, state.max_bulk);
             let mut count = 0;
             while frames.next_command(&mut args) {
@@ -182,9 +200,10 @@ impl Handler for Resp {
                 }
                 None => frames.needs().map_or(NextFrame::Unknown, NextFrame::Needs),
             };
-            StreamScan { handled: frames.handled() as u32, frames: count, next }
+            let scan = StreamScan { handled: frames.handled() as u32, frames: count, next };
+            state.send_replies(out);
+            scan
         });
-        host::send(&out);
         Ok(scan)
     }
 
@@ -193,13 +212,13 @@ impl Handler for Resp {
     }
 
     fn on_deliver(batch: Vec<u8>) {
-        let mut out = Vec::new();
-        STATE.with_borrow(|state| {
+        STATE.with_borrow_mut(|state| {
+            let mut out = std::mem::take(&mut state.replies);
             for delivery in sandport_guest::deliveries(&batch) {
                 deliver(state, &delivery, &mut out);
             }
+            state.send_replies(out);
         });
-        host::send(&out);
     }
 
     fn on_timer() {}

@@ -99,6 +99,17 @@ pub fn parse_decimal(digits: &[u8]) -> Option<u64> {
 /// Append `n` in decimal: for the length fields of text protocols, written
 /// on every message, where `format!` would cost an allocation each time.
 pub fn put_decimal(out: &mut Vec<u8>, mut n: u64) {
+    // One or two digits (most sizes and counts) are written directly: the
+    // copy below has a length the compiler cannot see, so in wasm it is a
+    // call out to the engine's `memory.copy`.
+    if n < 10 {
+        out.push(b'0' + n as u8);
+        return;
+    }
+    if n < 100 {
+        out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]);
+        return;
+    }
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {
@@ -150,11 +161,11 @@ mod tests {
     #[test]
     fn decimals() {
         let mut out = Vec::new();
-        for n in [0, 7, 42, u64::MAX] {
+        for n in [0, 7, 9, 10, 42, 99, 100, 12_345, u64::MAX] {
             super::put_decimal(&mut out, n);
             out.push(b' ');
         }
-        assert_eq!(out, b"0 7 42 18446744073709551615 ");
+        assert_eq!(out, b"0 7 9 10 42 99 100 12345 18446744073709551615 ");
     }
 
     #[test]
