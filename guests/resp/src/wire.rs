@@ -159,8 +159,8 @@ fn header_number(buffer: &[u8], at: usize, invalid: &str) -> Result<Option<(i64,
 
 /// The common header, up to nine digits and CRLF, read in one pass: with
 /// one header line per command and one per argument this is the scanner's
-/// busiest loop, and `line` then `number` walk the digits twice. Anything else (a sign, no
-/// digits, an incomplete line) is None and left to them.
+/// busiest loop, and `line` then `number` walk the digits twice. Anything
+/// else (a sign, no digits, an incomplete line) is None and left to them.
 fn plain_header(buffer: &[u8], at: usize) -> Option<(i64, usize)> {
     let (mut value, mut end) = (0, at);
     while let Some(digit) = buffer.get(end).map(|b| b.wrapping_sub(b'0')).filter(|d| *d <= 9) {
