@@ -173,6 +173,13 @@ async fn answers_like_redis_server() {
         b"ECHO \"hello world\"\r\nECHO 'it\\'s'\r\nECHO \"\\x41\\n\\q\"\r\nSET k\"ey\" \"\"\r\nGET key\r\nECHO \"open\r\nPING\r\n",
         b"ECHO \"a\"b\r\n",
         b"CLIENT SETNAME a b\r\nCLIENT SETNAME \"a\\nb\"\r\nCLIENT GETNAME x\r\nCLIENT KILL\r\nCLIENT ID 1\r\n",
+        // Numbers as Redis reads them: no `+`, no leading zero, no `-0`.
+        b"SELECT 01\r\nSELECT +1\r\nSELECT -0\r\nSET n 5\r\nINCRBY n +5\r\nINCRBY n 05\r\nINCRBY n -1\r\n",
+        b"SET k v EX 010\r\nSET k v EX x\r\nSET k v PX -5\r\nSET k v EX 9223372036854775807\r\nEXPIRE k +5\r\nGET k\r\n",
+        b"*1\r\n$07\r\nPING\r\n",
+        b"*1\r\n$+4\r\nPING\r\n",
+        b"PING\r\n*01\r\n$4\r\nPING\r\n",
+        b"*-0\r\nPING\r\n",
     ];
     for input in sessions {
         let expected = converse(reference, false, &[input]).await;

@@ -533,8 +533,9 @@ fn unknown(enc: Encoder, args: &[&[u8]], out: &mut Vec<u8>, name: &str) {
     );
 }
 
+/// An integer argument, read as Redis reads one (so `+1` and `01` are not).
 fn parse_int(bytes: &[u8]) -> Option<i64> {
-    std::str::from_utf8(bytes).ok()?.parse().ok()
+    wire::number(bytes)
 }
 
 fn authenticate(user: Option<&[u8]>, pass: &[u8]) -> bool {
@@ -687,10 +688,15 @@ fn set(state: &State, args: &[&[u8]], out: &mut Vec<u8>) {
             "KEEPTTL" if options.ttl_ms.is_none() => options.keep_ttl = true,
             "EX" | "PX" if at + 1 < args.len() && options.ttl_ms.is_none() && !options.keep_ttl => {
                 at += 1;
-                match parse_int(args[at]) {
-                    Some(n) if n > 0 => {
-                        options.ttl_ms = Some(if option == "EX" { n.saturating_mul(1000) } else { n } as u64)
-                    }
+                // As Redis: not a number is one error, a time it cannot
+                // keep (not positive, or seconds beyond an i64 of ms) another.
+                let Some(n) = parse_int(args[at]) else {
+                    enc.error(out, "ERR value is not an integer or out of range");
+                    return;
+                };
+                let ms = if option == "EX" { n.checked_mul(1000) } else { Some(n) };
+                match ms {
+                    Some(ms) if ms > 0 => options.ttl_ms = Some(ms as u64),
                     _ => {
                         enc.error(out, "ERR invalid expire time in 'set' command");
                         return;

@@ -123,15 +123,20 @@ fn line(buffer: &[u8], at: usize, limit: usize) -> Result<Option<(&[u8], usize)>
     }
 }
 
-/// A decimal integer as `str::parse::<i64>` reads it (optional sign, at
-/// least one digit), without its UTF-8 check and generic machinery: every
-/// bulk header and multibulk count goes through here.
-fn number(text: &[u8]) -> Option<i64> {
+/// A decimal integer as Redis reads one (`string2ll`): an optional `-`, then
+/// `0` alone or digits without a leading zero, within an i64. So `+1`,
+/// `01` and `-0` are not numbers, where `str::parse` would take them. Every
+/// bulk header, multibulk count and integer argument goes through here.
+pub fn number(text: &[u8]) -> Option<i64> {
     let (negative, digits) = match text.split_first()? {
         (b'-', rest) => (true, rest),
-        (b'+', rest) => (false, rest),
         _ => (false, text),
     };
+    match digits {
+        [b'0'] if !negative => return Some(0),
+        [b'1'..=b'9', ..] => {}
+        _ => return None,
+    }
     // The usual case, up to 18 digits, fits an i64 without checked arithmetic.
     if digits.len() <= 18 {
         let value = i64::try_from(parse_decimal(digits)?).ok()?;
@@ -160,7 +165,8 @@ fn header_number(buffer: &[u8], at: usize, invalid: &str) -> Result<Option<(i64,
 /// The common header, up to nine digits and CRLF, read in one pass: with
 /// one header line per command and one per argument this is the scanner's
 /// busiest loop, and `line` then `number` walk the digits twice. Anything
-/// else (a sign, no digits, an incomplete line) is None and left to them.
+/// else (a sign, a leading zero, no digits, an incomplete line) is None and
+/// left to them.
 fn plain_header(buffer: &[u8], at: usize) -> Option<(i64, usize)> {
     let (mut value, mut end) = (0, at);
     while let Some(digit) = buffer.get(end).map(|b| b.wrapping_sub(b'0')).filter(|d| *d <= 9) {
@@ -170,7 +176,8 @@ fn plain_header(buffer: &[u8], at: usize) -> Option<(i64, usize)> {
             return None;
         }
     }
-    (end > at && buffer.get(end..end + 2) == Some(b"\r\n")).then_some((value, end + 2))
+    let leading_zero = end - at > 1 && buffer[at] == b'0';
+    (end > at && !leading_zero && buffer.get(end..end + 2) == Some(b"\r\n")).then_some((value, end + 2))
 }
 
 /// Where the command at the start of `buffer` ends, pushing its arguments
@@ -433,14 +440,15 @@ mod tests {
     }
 
     #[test]
-    fn numbers_read_like_str_parse() {
-        let long = ["999999999999999999", "-999999999999999999", "1000000000000000000", "-0"];
-        for text in
-            ["0", "42", "-1", "+7", "9223372036854775807", "-9223372036854775808"].into_iter().chain(long)
-        {
+    fn numbers_read_like_redis() {
+        let long = ["999999999999999999", "-999999999999999999", "1000000000000000000", "10"];
+        for text in ["0", "42", "-1", "9223372036854775807", "-9223372036854775808"].into_iter().chain(long) {
             assert_eq!(number(text.as_bytes()), text.parse().ok(), "{text}");
         }
-        for text in ["", "-", "+", "1a", " 1", "9223372036854775808", "--1", "1.0", "12345678901234567/"] {
+        // redis-server answers each of these with an integer or protocol error.
+        let refused = ["", "-", "+", "+7", "07", "00", "-0", "-01", "1a", " 1", "1 ", "--1", "1.0"];
+        let out_of_range = ["9223372036854775808", "-9223372036854775809", "12345678901234567/"];
+        for text in refused.into_iter().chain(out_of_range) {
             assert_eq!(number(text.as_bytes()), None, "{text}");
         }
     }
@@ -451,7 +459,7 @@ mod tests {
             let Some((text, next)) = line(buffer, 0, 32)? else { return Ok(None) };
             Ok(Some((number(text).ok_or("bad")?, next)))
         };
-        let cases: [&[u8]; 17] = [
+        let cases: [&[u8]; 20] = [
             b"3\r\n",
             b"64\r\n$",
             b"007\r\n",
@@ -461,6 +469,9 @@ mod tests {
             b"99999999999999999999\r\n",
             b"-1\r\n",
             b"+5\r\n",
+            b"07\r\n",
+            b"-0\r\n",
+            b"00\r\n",
             b"3",
             b"3\r",
             b"3\n",
@@ -477,6 +488,8 @@ mod tests {
         assert_eq!(plain_header(b"*3\r\n", 1), Some((3, 4)));
         assert_eq!(plain_header(b"123456789\r\n", 0), Some((123_456_789, 11)));
         assert_eq!(plain_header(b"1234567890\r\n", 0), None);
+        assert_eq!(plain_header(b"0\r\n", 0), Some((0, 3)));
+        assert_eq!(plain_header(b"07\r\n", 0), None);
     }
 
     #[test]
