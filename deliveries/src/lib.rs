@@ -13,7 +13,7 @@
 //! one implementation in Rust, so host and SDK cannot disagree on it.
 
 #![no_std]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 extern crate alloc;
 

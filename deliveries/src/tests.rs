@@ -163,6 +163,35 @@ fn malformed_deliveries_are_refused() {
     refused(&|b| b[last_value] = 0xc3, "header value not UTF-8");
 }
 
+/// Topics of every length up to past three words, with a two-byte
+/// character or an invalid byte at each place: the word-wide ASCII check and
+/// its byte-wise tail must agree with `str::from_utf8`.
+#[test]
+fn topics_are_read_as_utf8_wherever_their_bytes_fall() {
+    use alloc::string::String;
+    for len in 0..27 {
+        let ascii: String = (0..len).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let mut topics = alloc::vec![ascii.clone()];
+        for at in 0..len {
+            let mut with_accent = ascii.clone();
+            with_accent.replace_range(at..at + 1, "é");
+            topics.push(with_accent);
+        }
+        for topic in &topics {
+            let mut batch = Vec::new();
+            pack(&mut batch, &plain(topic.clone().leak(), b"x")).unwrap();
+            assert_eq!(Deliveries::new(&batch).next().map(|d| d.message.topic), Some(topic.as_str()));
+            for at in 0..topic.len() {
+                let mut bad = batch.clone();
+                bad[FIXED_BYTES + at] = 0xff;
+                let mut deliveries = Deliveries::new(&bad);
+                assert_eq!(deliveries.next(), None, "{topic:?} with 0xff at {at}");
+                assert!(deliveries.malformed());
+            }
+        }
+    }
+}
+
 /// Says it has more headers than a packed count can hold.
 struct Countless;
 

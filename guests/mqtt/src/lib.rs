@@ -87,7 +87,8 @@ impl Handler for Mqtt {
     }
 
     fn on_deliver(batch: Vec<u8>) {
-        let mut out = Vec::new();
+        // Sized as `sandport_guest::deliveries` explains.
+        let mut out = Vec::with_capacity(batch.len());
         CONN.with_borrow_mut(|conn| {
             if conn.phase != Phase::Connected {
                 return;

@@ -216,7 +216,8 @@ impl Handler for Nats {
     }
 
     fn on_deliver(batch: Vec<u8>) {
-        let mut out = Vec::new();
+        // Sized as `sandport_guest::deliveries` explains.
+        let mut out = Vec::with_capacity(batch.len());
         STATE.with_borrow_mut(|state| {
             for delivery in sandport_guest::deliveries(&batch) {
                 deliver(state, delivery, &mut out);

@@ -214,6 +214,8 @@ impl Handler for Resp {
     fn on_deliver(batch: Vec<u8>) {
         STATE.with_borrow_mut(|state| {
             let mut out = std::mem::take(&mut state.replies);
+            // Sized as `sandport_guest::deliveries` explains.
+            out.reserve(batch.len());
             for delivery in sandport_guest::deliveries(&batch) {
                 deliver(state, &delivery, &mut out);
             }
