@@ -166,10 +166,7 @@ impl Kv {
         let mut inner = self.inner.lock();
         let existing = inner.live(&key, now).cloned();
         let current = match &existing {
-            Some(entry) => std::str::from_utf8(&entry.value)
-                .ok()
-                .and_then(|text| text.parse::<i64>().ok())
-                .ok_or(KvError::NotAnInteger)?,
+            Some(entry) => canonical_integer(&entry.value).ok_or(KvError::NotAnInteger)?,
             None => 0,
         };
         let next = current.checked_add(delta).ok_or(KvError::Overflow)?;
@@ -246,6 +243,23 @@ impl Kv {
     }
 }
 
+/// The integer `bytes` spell in the one form `increment` writes: decimal,
+/// an optional `-`, no `+`, no leading zero and no `-0` (Redis reads stored
+/// integers the same way: `05` and `+5` are text to it).
+fn canonical_integer(bytes: &[u8]) -> Option<i64> {
+    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
+    let canonical = match digits {
+        [] => false,
+        [b'0'] => digits.len() == bytes.len(),
+        [first, ..] => first.is_ascii_digit() && *first != b'0',
+    };
+    if !canonical {
+        return None;
+    }
+    // Leaves the digits' check and the range to the standard parser.
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,6 +288,18 @@ mod tests {
     }
 
     #[test]
+    fn stored_integers_are_read_only_in_their_canonical_form() {
+        for (text, value) in [("0", 0), ("7", 7), ("-12", -12), ("9223372036854775807", i64::MAX)] {
+            assert_eq!(canonical_integer(text.as_bytes()), Some(value), "{text:?}");
+        }
+        let refused =
+            ["", "-", "+5", "05", "00", "-0", "-05", " 5", "5 ", "5x", "1e3", "9223372036854775808", "٣"];
+        for text in refused {
+            assert_eq!(canonical_integer(text.as_bytes()), None, "{text:?}");
+        }
+    }
+
+    #[test]
     fn conditions_increments_and_ttl() {
         let kv = kv(1024);
         assert!(kv.set("k".into(), b"1".to_vec(), Condition::IfAbsent, Ttl::None).unwrap());
@@ -285,6 +311,10 @@ mod tests {
         assert_eq!(kv.increment("text".into(), 1), Err(KvError::NotAnInteger));
         kv.set("max".into(), i64::MAX.to_string().into_bytes(), Condition::Always, Ttl::None).unwrap();
         assert_eq!(kv.increment("max".into(), 1), Err(KvError::Overflow));
+        for (stored, expected) in [("0", Ok(1)), ("-7", Ok(-6)), ("+5", Err(KvError::NotAnInteger))] {
+            kv.set("n".into(), stored.into(), Condition::Always, Ttl::None).unwrap();
+            assert_eq!(kv.increment("n".into(), 1), expected, "{stored:?}");
+        }
 
         assert_eq!(kv.ttl("k"), Some(None));
         assert_eq!(kv.ttl("missing"), None);

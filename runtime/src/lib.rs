@@ -10,6 +10,7 @@ pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod handoff;
 pub mod kv;
 pub mod mailbox;
 pub mod metrics;

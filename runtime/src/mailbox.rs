@@ -164,6 +164,42 @@ impl Mailbox {
         Pushed::Queued
     }
 
+    /// Queue `batch` in order, taking it: under one lock, with one update
+    /// of the byte count and at most one wake, where [`Mailbox::push`] for
+    /// each would move those, shared with the draining thread, between cores
+    /// once per delivery. A batch that would pass the byte bound is pushed
+    /// one by one, so each delivery is admitted or dropped as `push` would.
+    /// Returns how many were dropped.
+    pub fn push_batch(&self, batch: &mut Vec<Routed>) -> usize {
+        let charge: usize = batch.iter().map(Routed::charge).sum();
+        let queued = self.queued_bytes.fetch_add(charge, Ordering::AcqRel);
+        if queued + charge > self.limit {
+            self.queued_bytes.fetch_sub(charge, Ordering::AcqRel);
+            return batch
+                .drain(..)
+                .map(|routed| self.push(routed))
+                .filter(|pushed| *pushed == Pushed::Dropped)
+                .count();
+        }
+        let was_empty = {
+            let mut queue = self.queue.lock();
+            if self.closed.load(Ordering::Acquire) {
+                drop(queue);
+                self.queued_bytes.fetch_sub(charge, Ordering::AcqRel);
+                let dropped = batch.len();
+                batch.clear();
+                return dropped;
+            }
+            let was_empty = queue.is_empty();
+            queue.extend(batch.drain(..));
+            was_empty
+        };
+        if was_empty {
+            self.waker.wake();
+        }
+        0
+    }
+
     /// Bytes of deliveries queued and not yet taken.
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes.load(Ordering::Acquire)
@@ -330,6 +366,37 @@ mod tests {
         assert!(waited.await.is_err());
         mailbox.push(routed("late"));
         assert_eq!(inbox.recv_batch(&mut batch, 10, usize::MAX).await, 1);
+    }
+
+    fn payloads(batch: &[Routed]) -> Vec<&[u8]> {
+        batch.iter().map(|routed| routed.message.message.payload.as_slice()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_pushed_batch_is_queued_in_order_after_what_was_there() {
+        let (mailbox, mut inbox) = Mailbox::new(1, 1 << 20);
+        mailbox.push(routed("a"));
+        let mut batch = vec![routed("b"), routed("c")];
+        assert_eq!(mailbox.push_batch(&mut batch), 0);
+        assert!(batch.is_empty(), "the batch is taken");
+        assert_eq!(mailbox.queued_bytes(), 3 * routed("a").charge());
+        let mut taken = Vec::new();
+        inbox.recv_batch(&mut taken, 10, usize::MAX).await;
+        assert_eq!(payloads(&taken), [b"a", b"b", b"c"]);
+        assert_eq!(mailbox.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn a_batch_past_the_byte_bound_is_admitted_delivery_by_delivery() {
+        let (mailbox, mut inbox) = Mailbox::new(1, 2 * routed("x").charge());
+        let mut batch = vec![routed("a"), routed("b"), routed("c")];
+        assert_eq!(mailbox.push_batch(&mut batch), 1);
+        assert_eq!(mailbox.dropped(), 1);
+        assert_eq!(payloads(&inbox.try_take(10, usize::MAX)), [b"a", b"b"], "what fits is queued");
+        drop(inbox);
+        let mut batch = vec![routed("late")];
+        assert_eq!(mailbox.push_batch(&mut batch), 1, "refused once the inbox is gone");
+        assert_eq!(mailbox.queued_bytes(), 0);
     }
 
     #[test]

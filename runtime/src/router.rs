@@ -21,6 +21,7 @@ use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteG
 use parking_lot::RwLock;
 use rustc_hash::FxHashMap;
 
+use crate::handoff::HeldDeliveries;
 use crate::mailbox::{Mailbox, Pushed, Routed};
 use crate::sessions::Session;
 use crate::store::StoredMessage;
@@ -365,6 +366,29 @@ impl Router {
         publisher: u64,
         make: impl FnOnce() -> Arc<StoredMessage>,
     ) -> u32 {
+        self.route(topic, publisher, make, deliver)
+    }
+
+    /// [`Router::publish_with`], with the deliveries to connections held in
+    /// `held` until it hands them over: for a batch of publishes.
+    pub fn publish_held(
+        &self,
+        topic: &str,
+        publisher: u64,
+        make: impl FnOnce() -> Arc<StoredMessage>,
+        held: &mut HeldDeliveries,
+    ) -> u32 {
+        self.route(topic, publisher, make, |subscription, message| held.deliver(subscription, message))
+    }
+
+    /// Match `topic` and call `deliver` for each receiver.
+    fn route(
+        &self,
+        topic: &str,
+        publisher: u64,
+        make: impl FnOnce() -> Arc<StoredMessage>,
+        mut deliver: impl FnMut(&Subscription, Arc<StoredMessage>),
+    ) -> u32 {
         let index = self.read();
         let mut keys = Vec::new();
         index.wildcard.collect(topic.split('/'), true, topic.starts_with('$'), &mut keys);
@@ -523,6 +547,21 @@ mod tests {
         assert_eq!(router.publish_with("a/b", 9, make), 3);
         assert_eq!(made.get(), 1, "one message is shared by every receiver");
         assert_eq!(drain(&mut inbox).await, vec![2, 1, 3]);
+    }
+
+    #[tokio::test]
+    async fn held_publishes_reach_the_same_receivers_once_handed_over() {
+        let router = Router::default();
+        let (mailbox, mut inbox) = Mailbox::new(1, 1 << 20);
+        subscribe(&router, &mailbox, 1, "a/+", FilterKind::Wildcard, None);
+        subscribe(&router, &mailbox, 2, "a/b", FilterKind::Exact, None);
+        let mut held = HeldDeliveries::default();
+        assert_eq!(router.publish_held("a/b", 9, || message("a/b"), &mut held), 2);
+        assert_eq!(router.publish_held("a/c", 9, || message("a/c"), &mut held), 1);
+        assert_eq!(router.publish_held("x", 9, || message("x"), &mut held), 0);
+        assert!(inbox.try_take(10, usize::MAX).is_empty(), "held until handed over");
+        held.hand_over();
+        assert_eq!(drain(&mut inbox).await, vec![1, 2, 1]);
     }
 
     #[tokio::test]

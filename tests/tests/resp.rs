@@ -175,6 +175,7 @@ async fn answers_like_redis_server() {
         b"CLIENT SETNAME a b\r\nCLIENT SETNAME \"a\\nb\"\r\nCLIENT GETNAME x\r\nCLIENT KILL\r\nCLIENT ID 1\r\n",
         // Numbers as Redis reads them: no `+`, no leading zero, no `-0`.
         b"SELECT 01\r\nSELECT +1\r\nSELECT -0\r\nSET n 5\r\nINCRBY n +5\r\nINCRBY n 05\r\nINCRBY n -1\r\n",
+        b"SET n +5\r\nINCR n\r\nSET n 05\r\nDECR n\r\nSET n -0\r\nINCRBY n 2\r\nSET n -05\r\nINCR n\r\nSET n 0\r\nINCR n\r\n",
         b"SET k v EX 010\r\nSET k v EX x\r\nSET k v PX -5\r\nSET k v EX 9223372036854775807\r\nEXPIRE k +5\r\nGET k\r\n",
         b"*1\r\n$07\r\nPING\r\n",
         b"*1\r\n$+4\r\nPING\r\n",

@@ -17,6 +17,7 @@ use std::borrow::Cow;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{ComponentType, Lift, Linker, WasmList, WasmStr};
 
+use crate::handoff::HeldDeliveries;
 use crate::wasm::bindings::types::{HostError, Message, PublishOutcome, Qos};
 use crate::wasm::cpu::HostTime;
 use crate::wasm::host::{MAX_HEADERS, check_batch_len};
@@ -51,12 +52,14 @@ fn publish(
     mut store: StoreContextMut<'_, GuestState>,
     (message,): (MessageView,),
 ) -> wasmtime::Result<(Result<PublishOutcome, HostError>,)> {
-    Ok((publish_view(&mut store, &message)?,))
+    Ok((publish_view(&mut store, &message, None)?,))
 }
 
 /// Each message as `publish` would take it, in order. The views are lifted
 /// first (one pass over the list, bounds-checked), then each is published
-/// while the guest's memory is borrowed for it.
+/// while the guest's memory is borrowed for it. Deliveries to connections
+/// are pushed once the batch is routed, one push per subscriber
+/// ([`HeldDeliveries`]).
 fn publish_batch(
     mut store: StoreContextMut<'_, GuestState>,
     (messages,): (WasmList<MessageView>,),
@@ -69,8 +72,13 @@ fn publish_batch(
         views.push(view?);
     }
     let mut outcomes = Vec::with_capacity(views.len());
+    let mut held = HeldDeliveries::default();
     for view in &views {
-        outcomes.push(publish_view(&mut store, view)?);
+        outcomes.push(publish_view(&mut store, view, Some(&mut held))?);
+    }
+    {
+        let _timed = HostTime::enter();
+        held.hand_over();
     }
     Ok((outcomes,))
 }
@@ -79,11 +87,12 @@ fn publish_batch(
 fn publish_view(
     store: &mut StoreContextMut<'_, GuestState>,
     view: &MessageView,
+    held: Option<&mut HeldDeliveries>,
 ) -> wasmtime::Result<Result<PublishOutcome, HostError>> {
     let headers = view.copy_headers(store)?;
     let published = {
         let message = view.borrow(headers, store)?;
-        store.data().publish_ref(message)?
+        store.data().publish_ref(message, held)?
     };
     Ok(store.data_mut().record_publish(published))
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::auth::AuthError;
 use crate::auth::acl::Acl;
+use crate::handoff::HeldDeliveries;
 use crate::kv::{Condition, KvError, Ttl};
 use crate::metrics::ProtocolMetrics;
 use crate::registry::MAX_LISTED;
@@ -235,8 +236,14 @@ impl GuestState {
     }
 
     /// `host.publish`: charge, check and route `message`. It is copied out
-    /// of the guest only when it is kept: retained, or received.
-    pub fn publish_ref(&self, message: MessageRef<'_>) -> wasmtime::Result<Published> {
+    /// of the guest only when it is kept: retained, or received. Its
+    /// deliveries to connections wait in `held` when one is given (a
+    /// `publish-batch`), and are pushed now otherwise.
+    pub fn publish_ref(
+        &self,
+        message: MessageRef<'_>,
+        held: Option<&mut HeldDeliveries>,
+    ) -> wasmtime::Result<Published> {
         let _timed = HostTime::enter();
         // Outside a connection (from `describe` or `probe`) it is a violation.
         let link = self.link()?;
@@ -248,13 +255,15 @@ impl GuestState {
         // Borrowed, not cloned: an `Arc` clone and drop of the broker were
         // two atomic operations per message on a count every connection shares.
         let broker = &link.broker;
-        let receivers = if message.retain {
+        let retained = message.retain.then(|| {
             let stored = Arc::new(StoredMessage::new(message.to_message()));
             broker.store.submit(vec![broker.retained.update(&stored)]);
-            broker.router.publish(stored, link.id())
-        } else {
-            let make = || Arc::new(StoredMessage::new(message.to_message()));
-            broker.router.publish_with(&message.topic, link.id(), make)
+            stored
+        });
+        let make = || retained.unwrap_or_else(|| Arc::new(StoredMessage::new(message.to_message())));
+        let receivers = match held {
+            Some(held) => broker.router.publish_held(&message.topic, link.id(), make, held),
+            None => broker.router.publish_with(&message.topic, link.id(), make),
         };
         // The guest's acknowledgement goes out only once this is on disk.
         let ticket = durable.then(|| broker.store.barrier());
@@ -309,7 +318,7 @@ impl host::Host for GuestState {
     fn publish(&mut self, message: Message) -> wasmtime::Result<Result<PublishOutcome, HostError>> {
         // Linked by `wasm/borrowed.rs`, which reads the message in place;
         // this is the same publish for a message already copied out.
-        let published = self.publish_ref(MessageRef::of(&message))?;
+        let published = self.publish_ref(MessageRef::of(&message), None)?;
         Ok(self.record_publish(published))
     }
 
