@@ -16,7 +16,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use crate::mailbox::{Mailbox, Routed};
-use crate::router::{Subscription, Target, min_qos};
+use crate::router::{self, Subscription, Target, min_qos};
 use crate::store::StoredMessage;
 
 /// Most deliveries held before they are handed over: bounds what a batch
@@ -43,11 +43,10 @@ impl HeldDeliveries {
     /// Hand `message`, matched by `subscription`, over now (a session) or
     /// at [`HeldDeliveries::hand_over`] (a connection).
     pub fn deliver(&mut self, subscription: &Subscription, message: Arc<StoredMessage>) {
-        let qos = min_qos(message.message.qos, subscription.max_qos);
         let Target::Connection(mailbox) = &subscription.target else {
-            subscription.target.deliver(subscription.id, message, qos, false);
-            return;
+            return router::deliver(subscription, message);
         };
+        let qos = min_qos(message.message.qos, subscription.max_qos);
         let entry = match self.by_mailbox.get(self.last) {
             Some((held, _)) if Arc::ptr_eq(held, mailbox) => self.last,
             _ => {

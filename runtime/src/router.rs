@@ -454,7 +454,9 @@ impl Router {
     }
 }
 
-fn deliver(subscription: &Subscription, message: Arc<StoredMessage>) {
+/// Hand `message` to the target of `subscription` now, at the lower of
+/// the two QoS levels.
+pub fn deliver(subscription: &Subscription, message: Arc<StoredMessage>) {
     let qos = min_qos(message.message.qos, subscription.max_qos);
     subscription.target.deliver(subscription.id, message, qos, false);
 }
