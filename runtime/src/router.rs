@@ -170,7 +170,7 @@ impl Node {
         self.children.is_empty() && self.plus.is_none() && self.here.is_empty() && self.rest.is_empty()
     }
 
-    fn insert(&mut self, mut levels: std::str::Split<'_, char>, key: SubscriptionKey) {
+    fn insert(&mut self, mut levels: topic::Levels<'_>, key: SubscriptionKey) {
         match levels.next() {
             None => self.here.push(key),
             Some("#") => self.rest.push(key),
@@ -180,7 +180,7 @@ impl Node {
     }
 
     /// Remove `key`; returns whether this node became empty.
-    fn remove(&mut self, mut levels: std::str::Split<'_, char>, key: SubscriptionKey) -> bool {
+    fn remove(&mut self, mut levels: topic::Levels<'_>, key: SubscriptionKey) -> bool {
         match levels.next() {
             None => self.here.retain(|k| *k != key),
             Some("#") => self.rest.retain(|k| *k != key),
@@ -207,7 +207,7 @@ impl Node {
     /// its topic); `top` is true at the root.
     fn collect(
         &self,
-        mut levels: std::str::Split<'_, char>,
+        mut levels: topic::Levels<'_>,
         top: bool,
         dollar: bool,
         out: &mut Vec<SubscriptionKey>,
@@ -288,7 +288,7 @@ impl Router {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let mut index = self.write();
         match subscription.kind {
-            FilterKind::Wildcard => index.wildcard.insert(subscription.filter.split('/'), key),
+            FilterKind::Wildcard => index.wildcard.insert(topic::levels(&subscription.filter), key),
             FilterKind::Exact => index.exact.entry(subscription.filter.clone()).or_default().push(key),
             FilterKind::Glob => index.globs.push(key),
         }
@@ -304,7 +304,7 @@ impl Router {
         };
         match subscription.kind {
             FilterKind::Wildcard => {
-                index.wildcard.remove(subscription.filter.split('/'), key);
+                index.wildcard.remove(topic::levels(&subscription.filter), key);
             }
             FilterKind::Exact => {
                 if let Some(keys) = index.exact.get_mut(&subscription.filter) {
@@ -391,7 +391,7 @@ impl Router {
     ) -> u32 {
         let index = self.read();
         let mut keys = Vec::new();
-        index.wildcard.collect(topic.split('/'), true, topic.starts_with('$'), &mut keys);
+        index.wildcard.collect(topic::levels(topic), true, topic.starts_with('$'), &mut keys);
         // Only Redis `SUBSCRIBE` makes exact subscriptions: without any, a
         // publish skips hashing its topic.
         if !index.exact.is_empty()

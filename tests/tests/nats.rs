@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use sandport_tests::mqtt::{RawClient, publish};
 use sandport_tests::{LineClient, TestBroker, converse, python_scenario, reference_server, run_tool};
 
 const CONFIG: &str = r#"
@@ -293,6 +294,35 @@ async fn nats_queue_and_mqtt_shared_subscription_balance_together() {
 
 /// PUBs pipelined in one write, some to subjects nobody subscribed, reach
 /// a subscriber on another connection all and in order.
+/// A subscription without wildcards is answered with its own subject, a
+/// wildcard one with the subject mapped back from the topic: both must be
+/// the subject as published, escapes included, from NATS or from MQTT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn literal_and_wildcard_subscribers_see_the_subject_as_published() {
+    let broker = TestBroker::start(CONFIG).await;
+    let subjects = ["plain.subject", "a/b.c", "x+y.#.z%2F", "é.ü"];
+    let mut literal = Vec::new();
+    for (sid, subject) in (0u32..).zip(subjects) {
+        literal.push(subscriber(&broker, subject, sid).await);
+    }
+    let mut wildcard = subscriber(&broker, ">", 99).await;
+    let pubs: String = subjects.iter().map(|subject| pub_op(subject, subject)).collect();
+    publish_pipelined(&broker, &pubs).await;
+    for ((sid, subject), client) in (0u32..).zip(subjects).zip(&mut literal) {
+        expect_msg(client, subject, sid, subject).await;
+    }
+    for subject in subjects {
+        expect_msg(&mut wildcard, subject, 99, subject).await;
+    }
+    // The MQTT topic `m/a%2Fb` is the NATS subject `m.a/b`.
+    let mut from_mqtt = subscriber(&broker, "m.a/b", 7).await;
+    let mut mqtt = RawClient::handshake(broker.addr("mqtt"), "publisher").await;
+    mqtt.send(&publish("m/a%2Fb", b"hi")).await;
+    expect_msg(&mut from_mqtt, "m.a/b", 7, "hi").await;
+    expect_msg(&mut wildcard, "m.a/b", 99, "hi").await;
+    broker.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_publishes_reach_a_subscriber_in_order() {
     let broker = TestBroker::start(CONFIG).await;

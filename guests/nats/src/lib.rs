@@ -545,13 +545,20 @@ fn deliver_waiting(state: &mut State, out: &mut Vec<u8>) {
 fn deliver(state: &mut State, delivery: Delivery, out: &mut Vec<u8>) {
     let Some(sub) = state.subs.get_mut(&delivery.subscription) else { return };
     let message = delivery.message;
-    let subject = &mut state.subject;
-    subject.clear();
-    subject::from_topic_into(subject, message.topic);
-    // `a.>` needs a token after `a`; the canonical `a/#` also matches `a`.
-    if sub.wildcard && !subject::matches(&sub.subject, subject) {
-        return;
-    }
+    let subject = if sub.wildcard {
+        let subject = &mut state.subject;
+        subject.clear();
+        subject::from_topic_into(subject, message.topic);
+        // `a.>` needs a token after `a`; the canonical `a/#` also matches `a`.
+        if !subject::matches(&sub.subject, subject) {
+            return;
+        }
+        subject.as_str()
+    } else {
+        // A literal subscription matches only its own topic, and that topic
+        // maps back to the subject as subscribed: no mapping per delivery.
+        sub.subject.as_str()
+    };
     let reply = message.reply_to.map(subject::from_topic);
     let headers =
         (state.headers && !message.headers.is_empty()).then(|| wire::encode_headers(None, message.headers));

@@ -280,10 +280,14 @@ mod tests {
     #[test]
     fn escapes_round_trip() {
         // Literal escape texts in a subject must come back as themselves.
-        for subject in ["%2F", "%252F", "a%2Bb", "%23%", "%", "%%2", "a/b+c#d%e", "+", "#.x", "é%2B"] {
+        for subject in ["%2F", "%252F", "a%2Bb", "%23%", "%", "%%2", "a/b+c#d%e", "+", "#.x", "é%2B", "a.b.c"]
+        {
             let topic = to_topic(subject, false).unwrap();
             assert!(!topic.contains(['+', '#']), "{subject} -> {topic}");
             assert_eq!(from_topic(&topic), subject, "via {topic}");
+            // Delivery relies on this: a subscription without wildcards
+            // matches one topic, which maps back to the subject as subscribed.
+            assert_eq!(to_topic(subject, true).unwrap(), topic, "{subject} subscribed");
         }
     }
 
