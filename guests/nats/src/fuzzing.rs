@@ -21,10 +21,10 @@ pub fn stream(data: &[u8]) {
     }
     let _ = wire::parse_headers(data);
     if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(topic) = subject::to_topic(text, false) {
+        if let Ok(topic) = subject::to_topic(text, subject::Wildcards::Literal) {
             assert_eq!(subject::from_topic(&topic), text, "subject -> topic -> subject");
         }
-        let _ = subject::to_topic(text, true);
+        let _ = subject::to_topic(text, subject::Wildcards::Match);
         let _ = subject::matches(text, "a.b.c");
     }
 }

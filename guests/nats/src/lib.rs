@@ -27,6 +27,7 @@ use sandport_guest::types::{
 };
 use sandport_guest::{Handler, host, message};
 use serde::Deserialize;
+use subject::Wildcards;
 use wire::{Op, ParseError};
 
 /// nats-server pings idle clients every two minutes...
@@ -290,7 +291,7 @@ fn handle(state: &mut State, op: Result<Op<'_>, ParseError>, out: &mut Vec<u8>) 
         Op::Pub { subject, reply, headers, payload } => {
             let publish = Pub { subject, reply, headers, payload };
             let published = publish_one(state, &publish, out);
-            answer_pub(state, published, out);
+            answer_pub(state, &publish, published, out);
         }
         Op::Sub { subject, queue, sid } => match subscribe(state, subject, queue, sid) {
             Ok(()) => ok(state, out),
@@ -338,12 +339,12 @@ fn publish_pending(state: &mut State, pending: &mut Vec<Pub<'_>>, out: &mut Vec<
         [] => {}
         [publish] => {
             let published = publish_one(state, publish, out);
-            answer_pub(state, published, out);
+            answer_pub(state, publish, published, out);
         }
         several => {
             for chunk in several.chunks(sandport_guest::MAX_PUBLISH_BATCH) {
-                for published in publish_several(state, chunk, out) {
-                    answer_pub(state, published, out);
+                for (publish, published) in chunk.iter().zip(publish_several(state, chunk, out)) {
+                    answer_pub(state, publish, published, out);
                 }
             }
         }
@@ -352,9 +353,14 @@ fn publish_pending(state: &mut State, pending: &mut Vec<Pub<'_>>, out: &mut Vec<
 }
 
 /// What follows a `PUB` once it was published or refused: nats-server
-/// acknowledges a verbose `PUB` even after refusing its subject, then
-/// delivers inline to this client's own subscriptions.
-fn answer_pub(state: &mut State, published: Result<(), String>, out: &mut Vec<u8>) {
+/// acknowledges a verbose `PUB` even after refusing it, then delivers inline
+/// to this client's own subscriptions. A pedantic connection is told first
+/// that a subject with wildcards or empty tokens is invalid; nats-server
+/// publishes it all the same.
+fn answer_pub(state: &mut State, publish: &Pub<'_>, published: Result<(), String>, out: &mut Vec<u8>) {
+    if state.pedantic && !subject::is_literal(publish.subject) {
+        out.extend_from_slice(b"-ERR 'Invalid Publish Subject'\r\n");
+    }
     if let Err(text) = published {
         out.extend_from_slice(format!("-ERR '{text}'\r\n").as_bytes());
     }
@@ -367,7 +373,7 @@ fn answer_pub(state: &mut State, published: Result<(), String>, out: &mut Vec<u8
 fn publish_one(state: &State, publish: &Pub<'_>, out: &mut Vec<u8>) -> Result<(), String> {
     PUBLISH_TOPIC.with_borrow_mut(|topics| {
         topics.clear();
-        let Some(prepared) = prepare(state, topics, publish)? else { return Ok(()) };
+        let Some(prepared) = prepare(topics, publish)? else { return Ok(()) };
         let outcome = host::publish(prepared.message(topics));
         published(state, publish, outcome, out)
     })
@@ -377,7 +383,7 @@ fn publish_one(state: &State, publish: &Pub<'_>, out: &mut Vec<u8>) -> Result<()
 fn publish_several(state: &State, several: &[Pub<'_>], out: &mut Vec<u8>) -> Vec<Result<(), String>> {
     PUBLISH_TOPIC.with_borrow_mut(|topics| {
         topics.clear();
-        let prepared: Vec<_> = several.iter().map(|publish| prepare(state, topics, publish)).collect();
+        let prepared: Vec<_> = several.iter().map(|publish| prepare(topics, publish)).collect();
         let messages: Vec<Message<'_>> = prepared
             .iter()
             .flat_map(|p| p.as_ref().ok().and_then(Option::as_ref))
@@ -418,21 +424,16 @@ impl Prepared<'_> {
 
 /// Map a `PUB`'s subjects and headers for the host, appending its topic to
 /// `topics`; `None` when the message goes nowhere.
-fn prepare<'a>(
-    state: &State,
-    topics: &mut String,
-    publish: &Pub<'a>,
-) -> Result<Option<Prepared<'a>>, String> {
+fn prepare<'a>(topics: &mut String, publish: &Pub<'a>) -> Result<Option<Prepared<'a>>, String> {
     let start = topics.len();
-    let reply_topic = subject::to_topic_into(topics, publish.subject, false)
-        .and_then(|()| publish.reply.map(|reply| subject::to_topic(reply, false)).transpose());
+    let reply_topic = subject::to_topic_into(topics, publish.subject, Wildcards::Literal)
+        .and_then(|()| publish.reply.map(|reply| subject::to_topic(reply, Wildcards::Literal)).transpose());
     let reply_topic = match reply_topic {
         Ok(reply_topic) => reply_topic,
-        Err(_) if state.pedantic => return Err("Invalid Publish Subject".into()),
-        // nats-server takes such a subject unchecked unless pedantic, and
-        // nats-py closes its connection on any other -ERR. A subject that is
-        // no topic cannot be routed, so the message goes nowhere (nats-server
-        // would hand `a.*` to the subscriptions `a.*` and `>`).
+        // nats-server routes any subject (a pedantic connection is told
+        // first, by `answer_pub`), and nats-py closes its connection on
+        // any other -ERR. A subject that is no topic (`a..b`) cannot be
+        // routed, so the message goes nowhere.
         Err(_) => {
             topics.truncate(start);
             return Ok(None);
@@ -479,7 +480,7 @@ fn no_responders(state: &State, reply: &str, out: &mut Vec<u8>) {
 }
 
 fn subscribe(state: &mut State, subject: &str, queue: Option<&str>, sid: &str) -> Result<(), String> {
-    let filter = subject::to_topic(subject, true).map_err(|_| "Invalid Subject".to_string())?;
+    let filter = subject::to_topic(subject, Wildcards::Match).map_err(|_| "Invalid Subject".to_string())?;
     let wildcard = filter.contains(['+', '#']);
     // nats-server takes any queue name (a word of the control line).
     let options = SubscribeOptionsParam {

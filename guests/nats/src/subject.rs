@@ -1,7 +1,8 @@
 //! NATS subjects and canonical topics.
 //!
 //! Tokens separated by `.` become levels separated by `/`; `*` becomes `+`
-//! and `>` becomes `#`. A `/`, `%`, `+` or `#` inside a token is
+//! and `>` becomes `#` in a subscription; published, they are plain tokens.
+//! A `/`, `%`, `+` or `#` inside a token is
 //! percent-escaped (`%2F`, `%25`, `%2B`, `%23`) so that `a/b.c` and `a.b.c`
 //! stay different topics and a literal `+` or `#` (legal in NATS) is no
 //! wildcard; the RESP guest escapes channels the same way, so a NATS subject
@@ -54,9 +55,27 @@ fn unescape_into(subject: &mut String, level: &str) {
     subject.push_str(rest);
 }
 
-/// Check a subject (or, with `wildcards`, a subscription subject) and
-/// return its canonical form.
-pub fn to_topic(subject: &str, wildcards: bool) -> Result<String, SubjectError> {
+/// What the `*` and `>` tokens of a subject mean, which depends on what it
+/// is used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wildcards {
+    /// A subscription: `*` becomes `+`, and `>` (last only) becomes `#`.
+    Match,
+    /// A publish subject: plain tokens, as nats-server routes them (even
+    /// after a pedantic connection's `Invalid Publish Subject`). The topic
+    /// level `*` then matches the filters `a/+` and `#` but no subscription
+    /// to another literal level, as nats-server matches `a.*` published.
+    Literal,
+}
+
+/// Whether a publish subject passes nats-server's pedantic check: no empty
+/// tokens, no `*` or `>` tokens.
+pub fn is_literal(subject: &str) -> bool {
+    !subject.is_empty() && subject.split('.').all(|token| !matches!(token, "" | "*" | ">"))
+}
+
+/// Check a subject and return its canonical form.
+pub fn to_topic(subject: &str, wildcards: Wildcards) -> Result<String, SubjectError> {
     let mut topic = String::with_capacity(subject.len());
     to_topic_into(&mut topic, subject, wildcards)?;
     Ok(topic)
@@ -65,11 +84,11 @@ pub fn to_topic(subject: &str, wildcards: bool) -> Result<String, SubjectError> 
 /// [`to_topic`], appended to `topic`: for every published message, into a
 /// reused buffer, copied whole when the subject is plain. After an error
 /// `topic` may hold part of the mapping.
-pub fn to_topic_into(topic: &mut String, subject: &str, wildcards: bool) -> Result<(), SubjectError> {
+pub fn to_topic_into(topic: &mut String, subject: &str, wildcards: Wildcards) -> Result<(), SubjectError> {
     if subject.is_empty() {
         return Err("empty subject");
     }
-    if !wildcards && is_plain(subject) {
+    if wildcards != Wildcards::Match && is_plain(subject) {
         // Copied whole, then the dots swapped in place: for short subjects
         // `split` costs a searcher per token and `push` a check per char.
         let start = topic.len();
@@ -88,11 +107,10 @@ pub fn to_topic_into(topic: &mut String, subject: &str, wildcards: bool) -> Resu
             topic.push('/');
         }
         first = false;
-        match token {
-            "*" if wildcards => topic.push('+'),
-            ">" if wildcards && last => topic.push('#'),
-            ">" if wildcards => return Err("misplaced wildcard"),
-            "*" | ">" => return Err("wildcards in a publish subject"),
+        match (token, wildcards) {
+            ("*", Wildcards::Match) => topic.push('+'),
+            (">", Wildcards::Match) if last => topic.push('#'),
+            (">", Wildcards::Match) => return Err("misplaced wildcard"),
             _ => escape_into(topic, token),
         }
     }
@@ -205,26 +223,26 @@ pub fn matches(pattern: &str, subject: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Wildcards::{Literal, Match};
 
     #[test]
     fn subjects_map_to_topics_and_back() {
-        assert_eq!(to_topic("orders.eu.42", false).unwrap(), "orders/eu/42");
-        assert_eq!(to_topic("orders.*.eu", true).unwrap(), "orders/+/eu");
-        assert_eq!(to_topic("orders.>", true).unwrap(), "orders/#");
-        assert_eq!(to_topic("a/b.c", false).unwrap(), "a%2Fb/c");
+        assert_eq!(to_topic("orders.eu.42", Literal).unwrap(), "orders/eu/42");
+        assert_eq!(to_topic("orders.*.eu", Match).unwrap(), "orders/+/eu");
+        assert_eq!(to_topic("orders.>", Match).unwrap(), "orders/#");
+        assert_eq!(to_topic("a/b.c", Literal).unwrap(), "a%2Fb/c");
         assert_eq!(from_topic("a%2Fb/c"), "a/b.c");
         // Legal in NATS, wildcards in topics: escaped like RESP channels.
-        assert_eq!(to_topic("a+b.#.c%", false).unwrap(), "a%2Bb/%23/c%25");
-        assert_eq!(to_topic("+.*", true).unwrap(), "%2B/+");
+        assert_eq!(to_topic("a+b.#.c%", Literal).unwrap(), "a%2Bb/%23/c%25");
+        assert_eq!(to_topic("+.*", Match).unwrap(), "%2B/+");
         assert_eq!(from_topic("a%2Bb/%23/c%25"), "a+b.#.c%");
         assert_eq!(from_topic("orders/eu/42"), "orders.eu.42");
         assert_eq!(from_topic("é/ü/x"), "é.ü.x", "separators swapped in place around multi-byte chars");
-        assert_eq!(to_topic("é.ü.x", false).unwrap(), "é/ü/x");
-        assert!(to_topic("a..b", false).is_err());
-        assert!(to_topic("a.>.b", true).is_err());
-        assert!(to_topic("a.*", false).is_err());
-        assert!(to_topic("a b", false).is_err());
-        assert!(to_topic("", true).is_err());
+        assert_eq!(to_topic("é.ü.x", Literal).unwrap(), "é/ü/x");
+        assert!(to_topic("a..b", Literal).is_err());
+        assert!(to_topic("a.>.b", Match).is_err());
+        assert!(to_topic("a b", Literal).is_err());
+        assert!(to_topic("", Match).is_err());
     }
 
     #[test]
@@ -251,29 +269,22 @@ mod tests {
             "é.x",
             "_INBOX.abc.1",
         ];
-        for subject in subjects {
-            let full = {
-                // The rules without the fast path.
-                let mut topic = String::new();
-                let mut ok = true;
-                let tokens: Vec<&str> = subject.split('.').collect();
-                for (i, token) in tokens.iter().enumerate() {
-                    if token.is_empty()
-                        || token.contains(char::is_whitespace)
-                        || *token == "*"
-                        || *token == ">"
-                    {
-                        ok = false;
-                        break;
-                    }
-                    if i > 0 {
-                        topic.push('/');
-                    }
-                    escape_into(&mut topic, token);
+        // The rules without the fast path.
+        let full = |subject: &str| {
+            let mut topic = String::new();
+            for (i, token) in subject.split('.').enumerate() {
+                if token.is_empty() || token.contains(char::is_whitespace) {
+                    return None;
                 }
-                ok.then_some(topic)
-            };
-            assert_eq!(to_topic(subject, false).ok(), full, "{subject}");
+                if i > 0 {
+                    topic.push('/');
+                }
+                escape_into(&mut topic, token);
+            }
+            Some(topic)
+        };
+        for subject in subjects {
+            assert_eq!(to_topic(subject, Literal).ok(), full(subject), "{subject}");
         }
     }
 
@@ -282,13 +293,36 @@ mod tests {
         // Literal escape texts in a subject must come back as themselves.
         for subject in ["%2F", "%252F", "a%2Bb", "%23%", "%", "%%2", "a/b+c#d%e", "+", "#.x", "é%2B", "a.b.c"]
         {
-            let topic = to_topic(subject, false).unwrap();
+            let topic = to_topic(subject, Literal).unwrap();
             assert!(!topic.contains(['+', '#']), "{subject} -> {topic}");
             assert_eq!(from_topic(&topic), subject, "via {topic}");
             // Delivery relies on this: a subscription without wildcards
             // matches one topic, which maps back to the subject as subscribed.
-            assert_eq!(to_topic(subject, true).unwrap(), topic, "{subject} subscribed");
+            assert_eq!(to_topic(subject, Match).unwrap(), topic, "{subject} subscribed");
         }
+    }
+
+    #[test]
+    fn wildcards_published_are_plain_tokens() {
+        assert_eq!(to_topic("a.*", Literal).unwrap(), "a/*");
+        assert_eq!(to_topic(">", Literal).unwrap(), ">");
+        assert_eq!(to_topic("a.>.b", Literal).unwrap(), "a/>/b");
+        assert_eq!(to_topic("*.x+", Literal).unwrap(), "*/x%2B");
+        for subject in ["a.*", ">", "a.>.b", "*.x+"] {
+            assert!(!is_literal(subject), "{subject}");
+            assert_eq!(from_topic(&to_topic(subject, Literal).unwrap()), subject);
+        }
+        for subject in ["a", "a.b", "a*.>b", "+.#"] {
+            assert!(is_literal(subject), "{subject}");
+        }
+        for subject in ["", "a..b", ".a", "a."] {
+            assert!(!is_literal(subject), "{subject:?}");
+        }
+        // Matched as nats-server matches them: by the wildcards of a
+        // subscription, never by another literal token.
+        assert!(matches("a.*", "a.*"));
+        assert!(matches(">", "a.>.b"));
+        assert!(!matches("a.b", "a.*"));
     }
 
     #[test]
