@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use sandport_tests::mqtt::{RawClient, connect};
-use sandport_tests::{TestBroker, run_tool, sandport_bin, workspace_root};
+use sandport_tests::{TestBroker, converse, reference_server, run_tool, sandport_bin, workspace_root};
 use tokio::io::AsyncWriteExt;
 
 /// Hash `secret` with the real `sandport passwd`, as an operator would.
@@ -331,6 +331,32 @@ async fn nats_and_redis_clients_authenticate_too() {
     let (broker, _certs) = start().await;
     scenario("nats_auth", broker.addr("nats").port(), None).await;
     scenario("redis_auth", broker.addr("resp").port(), None).await;
+    broker.shutdown().await;
+}
+
+/// A NATS client refused by the access rules hears what nats-server says
+/// to it: the `-ERR` alone, no `+OK` for the refused operation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_permission_violations_are_answered_like_nats_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nats.conf");
+    std::fs::write(
+        &config,
+        r#"authorization { users = [ { user: alice, password: wonderland, permissions: {
+            publish: ["users.alice.>", "public.>"], subscribe: ["users.alice.>", "public.>"] } } ] }"#,
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let (_reference, reference) =
+        reference_server("nats-server", &["-c", &config, "-a", "127.0.0.1", "-p", "{port}"]).await;
+    let (broker, _certs) = start().await;
+    let writes: &[&[u8]] = &[
+        b"CONNECT {\"verbose\":true,\"user\":\"alice\",\"pass\":\"wonderland\"}\r\n",
+        b"PUB secret.x 1\r\nx\r\nSUB hidden 1\r\nSUB public.> 2\r\nPUB public.ok 1\r\ny\r\nPING\r\n",
+    ];
+    let expected = converse(reference, true, writes).await;
+    assert!(expected.contains("Permissions Violation for Publish"), "{expected}");
+    assert_eq!(converse(broker.addr("nats"), true, writes).await, expected);
     broker.shutdown().await;
 }
 

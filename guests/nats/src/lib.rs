@@ -352,20 +352,19 @@ fn publish_pending(state: &mut State, pending: &mut Vec<Pub<'_>>, out: &mut Vec<
     pending.clear();
 }
 
-/// What follows a `PUB` once it was published or refused: nats-server
-/// acknowledges a verbose `PUB` even after refusing it, then delivers inline
-/// to this client's own subscriptions. A pedantic connection is told first
-/// that a subject with wildcards or empty tokens is invalid; nats-server
-/// publishes it all the same.
+/// What follows a `PUB` once it was published or refused, as nats-server
+/// answers: a pedantic connection is told first that a subject with
+/// wildcards or empty tokens is invalid, and the message is published all
+/// the same; then a refusal (`Permissions Violation`) or, if verbose, `+OK`;
+/// then the deliveries to this client's own subscriptions.
 fn answer_pub(state: &mut State, publish: &Pub<'_>, published: Result<(), String>, out: &mut Vec<u8>) {
     if state.pedantic && !subject::is_literal(publish.subject) {
         out.extend_from_slice(b"-ERR 'Invalid Publish Subject'\r\n");
     }
-    if let Err(text) = published {
-        out.extend_from_slice(format!("-ERR '{text}'\r\n").as_bytes());
-    }
-    if state.verbose {
-        out.extend_from_slice(b"+OK\r\n");
+    match published {
+        Err(text) => out.extend_from_slice(format!("-ERR '{text}'\r\n").as_bytes()),
+        Ok(()) if state.verbose => out.extend_from_slice(b"+OK\r\n"),
+        Ok(()) => {}
     }
     deliver_waiting(state, out);
 }
