@@ -240,6 +240,44 @@ async fn read_until_quiet(stream: &mut tokio::net::TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A RESP3 client subscribed to what it publishes gets its own message
+/// before the reply to its PUBLISH, as redis-server writes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resp3_subscriber_hears_its_own_message_before_the_publish_reply() {
+    use tokio::io::AsyncWriteExt;
+    let (_reference, reference) = redis_server().await;
+    let broker = TestBroker::start(CONFIG).await;
+    let mut seen = Vec::new();
+    for server in [reference, broker.addr("resp")] {
+        let mut client = tokio::net::TcpStream::connect(server).await.unwrap();
+        // HELLO's answer names the server, which differs by design.
+        client.write_all(b"HELLO 3\r\n").await.unwrap();
+        assert!(read_until_quiet(&mut client).await.starts_with("%7\r\n"));
+        client
+            .write_all(
+                b"SUBSCRIBE a\r\nPUBLISH a 1\r\nPSUBSCRIBE a*\r\nPUBLISH a 2\r\nPUBLISH b 3\r\nPING\r\n",
+            )
+            .await
+            .unwrap();
+        seen.push(read_until_quiet(&mut client).await);
+    }
+    let push =
+        |kind: &str, text: &str| format!(">3\r\n${}\r\n{kind}\r\n$1\r\na\r\n$1\r\n{text}\r\n", kind.len());
+    let expected = [
+        push("subscribe", ":1").replace("$1\r\n:1", ":1"),
+        push("message", "1"),
+        ":1\r\n".into(),
+        ">3\r\n$10\r\npsubscribe\r\n$2\r\na*\r\n:2\r\n".into(),
+        push("message", "2"),
+        ">4\r\n$8\r\npmessage\r\n$2\r\na*\r\n$1\r\na\r\n$1\r\n2\r\n".into(),
+        ":2\r\n:0\r\n+PONG\r\n".into(),
+    ]
+    .concat();
+    assert_eq!(seen[0], expected, "the reference's answers");
+    assert_eq!(seen[1], seen[0]);
+    broker.shutdown().await;
+}
+
 /// PUBLISHes pipelined in one write are published together (one host call
 /// for the run of them) and must still be answered one by one, in order,
 /// around the commands between them, and reach a subscriber in order.

@@ -531,15 +531,7 @@ fn deliver_waiting(state: &mut State, out: &mut Vec<u8>) {
     if state.subs.is_empty() {
         return;
     }
-    loop {
-        let batch = host::take_deliveries(256);
-        if batch.is_empty() {
-            return;
-        }
-        for delivery in sandport_guest::deliveries(&batch) {
-            deliver(state, delivery, out);
-        }
-    }
+    sandport_guest::take_waiting(|delivery| deliver(state, delivery, out));
 }
 
 fn deliver(state: &mut State, delivery: Delivery, out: &mut Vec<u8>) {

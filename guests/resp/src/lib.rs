@@ -228,6 +228,17 @@ impl Handler for Resp {
     fn on_close(_reason: CloseReason) {}
 }
 
+/// Write the deliveries already waiting for this connection, as a
+/// subscribed connection's own messages must go before what follows them.
+fn deliver_waiting(state: &State, out: &mut Vec<u8>) {
+    // Only a subscribed connection can have deliveries: a pure publisher
+    // skips the host call after every PUBLISH.
+    if state.subscribed() == 0 {
+        return;
+    }
+    sandport_guest::take_waiting(|delivery| deliver(state, &delivery, out));
+}
+
 fn deliver(state: &State, delivery: &Delivery, out: &mut Vec<u8>) {
     let Some((family, subject)) = state.by_host_id.get(&delivery.subscription) else { return };
     let enc = state.encoder();
@@ -319,7 +330,12 @@ fn command(state: &mut State, args: &[&[u8]], out: &mut Vec<u8>) -> bool {
         ("PUBLISH" | "SPUBLISH", 3) => {
             let topic = channel_topic(args[1]);
             match host::publish(message(&topic, args[2])) {
-                Ok(outcome) => enc.integer(out, i64::from(outcome.receivers)),
+                Ok(outcome) => {
+                    // redis-server writes a RESP3 subscriber's own message
+                    // before its reply to PUBLISH.
+                    deliver_waiting(state, out);
+                    enc.integer(out, i64::from(outcome.receivers));
+                }
                 Err(e) => enc.error(out, &format!("ERR {}", e.message)),
             }
         }

@@ -49,6 +49,24 @@ pub fn deliveries(batch: &[u8]) -> delivery::Deliveries<'_> {
     delivery::Deliveries::new(batch)
 }
 
+/// Hand every delivery already waiting for this connection to `each`, in
+/// order, through `host::take_deliveries`: for a protocol whose server
+/// writes a client's own messages before its answer to the publish (NATS
+/// before `+OK` and `PONG`, Redis before the reply to `PUBLISH`).
+pub fn take_waiting(mut each: impl FnMut(delivery::Delivery<'_>)) {
+    /// Deliveries per host call; more are taken by the next.
+    const PER_CALL: u32 = 256;
+    loop {
+        let batch = host::take_deliveries(PER_CALL);
+        if batch.is_empty() {
+            return;
+        }
+        for delivery in deliveries(&batch) {
+            each(delivery);
+        }
+    }
+}
+
 impl From<delivery::Qos> for types::Qos {
     fn from(qos: delivery::Qos) -> Self {
         match qos {
