@@ -202,6 +202,11 @@ async fn answers_like_nats_server() {
             b"SUB a.b 1\r\nSUB a.* 2\r\nPUB a.* 1\r\nx\r\nPUB a.b.> 1\r\ny\r\nPING\r\n",
         ],
         &[b"CONNECT {\"verbose\":false}\r\n", b"SUB > 3\r\nPUB a.> 1\r\ny\r\nPUB * 1\r\nz\r\nPING\r\n"],
+        // Empty tokens: routed to nobody, not even `>`.
+        &[
+            b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n",
+            b"SUB a.*.b 1\r\nSUB > 2\r\nPUB a..b 1\r\nx\r\nPUB .a 1\r\ny\r\nPUB a. 1\r\nz\r\nPING\r\n",
+        ],
         // Operations that take arguments, sent bare.
         &[b"CONNECT {}\r\n", b"PUB\r\n"],
         &[b"CONNECT {}\r\n", b"UNSUB\r\n"],
