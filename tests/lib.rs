@@ -61,6 +61,38 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
+/// Path of the echo guest made the way cargo-component and toolchains
+/// built on wasi-libc's preview 1 make components: compiled for
+/// `wasm32-wasip1` (a core module carrying its WIT), then adapted to WASI
+/// 0.2 with the preview 1 reactor adapter. Built on first use.
+pub fn preview1_echo() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            run_cargo(&[
+                "build",
+                "--target",
+                "wasm32-wasip1",
+                "--profile",
+                "guest",
+                "-p",
+                "sandport-guest-echo",
+            ]);
+            let directory = target_dir().join("wasm32-wasip1/guest");
+            let module = std::fs::read(directory.join("sandport_guest_echo.wasm")).expect("the core module");
+            let adapter = wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER;
+            let component = wit_component::ComponentEncoder::default()
+                .module(&module)
+                .and_then(|encoder| encoder.adapter("wasi_snapshot_preview1", adapter))
+                .and_then(|encoder| encoder.validate(true).encode())
+                .expect("the module adapts to a component");
+            let path = directory.join("sandport_guest_echo.component.wasm");
+            std::fs::write(&path, component).expect("writing the component");
+            path
+        })
+        .clone()
+}
+
 /// Path of the `sandport` binary, built on first use. Built the way
 /// `cargo test --workspace` resolves features (dev-dependencies included),
 /// so it reuses the test build instead of compiling wasmtime a second time.

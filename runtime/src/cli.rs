@@ -14,7 +14,7 @@ use crate::signals::ShutdownSignals;
 use crate::store::Store;
 use crate::wasm::breaker::Breaker;
 use crate::wasm::engine::{EpochClock, PoolSize, build_engine, epoch_tick};
-use crate::wasm::protocol::{Protocol, ProtocolEnv, build_linker};
+use crate::wasm::protocol::{LoadError, Protocol, ProtocolEnv, build_linker};
 
 /// Config used when `run` gets no `--config`.
 pub const DEFAULT_CONFIG: &str = "config/sandport.toml";
@@ -43,6 +43,9 @@ pub enum Command {
         /// Expected sha256 (hex); checked before compiling.
         #[arg(long)]
         sha256: Option<String>,
+        /// Check it as granted the clocks (`grants.clocks = true`).
+        #[arg(long)]
+        clocks: bool,
     },
     /// Hash a password (or a token) for `password_hash` / `token_hash` in
     /// `[[auth.users]]`. Reads it from the terminal without echo, or the
@@ -55,7 +58,10 @@ impl Cli {
     pub async fn execute(self) -> ExitCode {
         match self.command {
             Command::Run { config } => run(&config).await,
-            Command::Check { component, sha256 } => check(&component, sha256.as_deref()).await,
+            Command::Check { component, sha256, clocks } => {
+                let grants = Grants { clocks, ..Grants::default() };
+                check(&component, sha256.as_deref(), grants).await
+            }
             Command::Passwd => passwd(),
         }
     }
@@ -120,8 +126,8 @@ fn passwd() -> ExitCode {
     }
 }
 
-async fn check(component: &Path, pin: Option<&str>) -> ExitCode {
-    match describe_component(component, pin).await {
+async fn check(component: &Path, pin: Option<&str>, grants: Grants) -> ExitCode {
+    match describe_component(component, pin, grants).await {
         Ok(report) => {
             print!("{report}");
             ExitCode::SUCCESS
@@ -133,8 +139,9 @@ async fn check(component: &Path, pin: Option<&str>) -> ExitCode {
     }
 }
 
-/// Load `path` as the broker would and report what it is.
-pub async fn describe_component(path: &Path, pin: Option<&str>) -> Result<String, String> {
+/// Load `path` as the broker would for a protocol with `grants`, and
+/// report what it is.
+pub async fn describe_component(path: &Path, pin: Option<&str>, grants: Grants) -> Result<String, String> {
     let limits = Limits::default();
     let (engine, _) = build_engine(PoolSize { instances: 4, memory_bytes: limits.memory_bytes })
         .map_err(|e| e.to_string())?;
@@ -145,7 +152,7 @@ pub async fn describe_component(path: &Path, pin: Option<&str>) -> Result<String
         kv: Arc::new(Kv::new(name.as_str().into(), 0, Arc::new(Store::memory().0))),
         breaker: Breaker::new(&limits),
         limits,
-        grants: Grants::default(),
+        grants,
         metrics: ProtocolMetrics::default(),
         connections: Default::default(),
         guest_output_bytes: 16 * 1024,
@@ -155,8 +162,10 @@ pub async fn describe_component(path: &Path, pin: Option<&str>) -> Result<String
     // there fails the check instead of hanging it.
     let clock = EpochClock::start(engine.clone(), epoch_tick(env.limits.call_deadline()))
         .map_err(|e| e.to_string())?;
-    let protocol =
-        Protocol::load(&engine, &clock, &linker, env, path, pin).await.map_err(|e| e.to_string())?;
+    let protocol = Protocol::load(&engine, &clock, &linker, env, path, pin).await.map_err(|e| match e {
+        LoadError::UngrantedClocks { .. } => format!("{e} (`sandport check --clocks` checks it so)"),
+        e => e.to_string(),
+    })?;
     let d = &protocol.description;
     Ok(format!(
         "component: {}\nsha256: {}\nname: {}\nversion: {}\nframing: {:?}\nspeaks-first: {}\nsettings: {}\nimports: {}\n",

@@ -385,7 +385,9 @@ impl Limits {
     }
 }
 
-/// `[protocols.NAME.grants]`: canonical topic filters the guest may use.
+/// `[protocols.NAME.grants]`: what the guest may do beyond its own
+/// instance: the canonical topic filters it may use, its key-value quota,
+/// and whether it may read the clocks.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Grants {
@@ -395,11 +397,20 @@ pub struct Grants {
     pub subscribe: Vec<String>,
     /// Bytes of key-value data the protocol may keep (keys plus values).
     pub kv_quota_bytes: usize,
+    /// Whether the guest may import `wasi:clocks` (the wall clock, and a
+    /// monotonic clock it can also wait on). Without it a component that
+    /// imports them is refused at load.
+    pub clocks: bool,
 }
 
 impl Default for Grants {
     fn default() -> Self {
-        Self { publish: vec!["#".into()], subscribe: vec!["#".into()], kv_quota_bytes: 1024 * 1024 }
+        Self {
+            publish: vec!["#".into()],
+            subscribe: vec!["#".into()],
+            kv_quota_bytes: 1024 * 1024,
+            clocks: false,
+        }
     }
 }
 

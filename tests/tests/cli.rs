@@ -35,11 +35,14 @@ async fn check_prints_what_a_guest_describes() {
 }
 
 #[tokio::test]
-async fn check_refuses_a_component_with_a_foreign_import() {
+async fn check_refuses_clocks_unless_granted() {
     let (ok, _, stderr) = sandport(&["check", &path_str(&guest("foreign"))]).await;
     assert!(!ok);
-    assert!(stderr.contains("wasi:filesystem"), "{stderr}");
-    assert!(stderr.contains("outside the sandport:protocol world"), "{stderr}");
+    assert!(stderr.contains("wasi:clocks/monotonic-clock"), "{stderr}");
+    assert!(stderr.contains("grants.clocks = true") && stderr.contains("--clocks"), "{stderr}");
+    let (ok, stdout, stderr) = sandport(&["check", "--clocks", &path_str(&guest("foreign"))]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("wasi:filesystem/preopens") && stdout.contains("wasi:sockets/tcp"), "{stdout}");
 }
 
 #[tokio::test]
@@ -152,7 +155,7 @@ async fn bad_protocols_stop_the_broker_before_it_listens() {
     std::fs::write(&path, with_guest_paths(&foreign)).unwrap();
     let (ok, _, stderr) = sandport(&["run", "--config", &path_str(&path)]).await;
     assert!(!ok);
-    assert!(stderr.contains("wasi:filesystem") && !stderr.contains("listening"), "{stderr}");
+    assert!(stderr.contains("wasi:clocks") && !stderr.contains("listening"), "{stderr}");
 }
 
 #[tokio::test]

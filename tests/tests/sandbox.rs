@@ -338,9 +338,131 @@ async fn components_outside_the_world_are_refused_at_load() {
     };
     let stderr = check(empty).await;
     assert!(stderr.contains("does not export"), "{stderr}");
-    // Filesystem and sockets imports are named.
+    // The clocks are named, with the grant that admits them; the
+    // filesystem and sockets, which reach nothing, are not refused.
     let stderr = check(guest("foreign")).await;
-    assert!(stderr.contains("wasi:filesystem") && stderr.contains("wasi:sockets"), "{stderr}");
+    assert!(stderr.contains("wasi:clocks/wall-clock") && stderr.contains("grants.clocks"), "{stderr}");
+    assert!(!stderr.contains("wasi:filesystem") && !stderr.contains("wasi:sockets"), "{stderr}");
+}
+
+/// The `foreign` guest imports the filesystem, sockets and clocks, as the
+/// runtimes of many languages do. Granted the clocks, it loads; it can
+/// read the time, but opens no file, reaches no address and resolves no
+/// name; and a call that waits on the clock is stopped at ten times its
+/// deadline, ending its connection only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_imports_reach_nothing_but_the_granted_clocks() {
+    let broker = TestBroker::start(
+        r#"
+        [[listeners]]
+        name = "foreign"
+        bind = "127.0.0.1:0"
+        protocols = ["foreign"]
+
+        [[listeners]]
+        name = "echo"
+        bind = "127.0.0.1:0"
+        protocols = ["echo"]
+
+        [protocols.foreign]
+        component = "{foreign}"
+        [protocols.foreign.limits]
+        call_deadline_ms = 100
+        [protocols.foreign.grants]
+        clocks = true
+
+        [protocols.echo]
+        component = "{echo}"
+        "#,
+    )
+    .await;
+    // An address the guest is told to connect to: nothing may arrive.
+    let bait = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+
+    let mut client = LineClient::connect(broker.addr("foreign")).await;
+    let opened = client.read_line().await.expect("the guest's first line");
+    assert!(opened.starts_with("read: ") && !opened.ends_with(" bytes"), "{opened}");
+    let manifest = sandport_tests::workspace_root().join("Cargo.toml");
+    let read = client.ask(&format!("read {}", manifest.display())).await;
+    assert!(read.starts_with("read: ") && !read.ends_with(" bytes"), "{read}");
+    let connect = client.ask(&format!("connect {}", bait.local_addr().unwrap())).await;
+    assert!(connect.starts_with("connect: ") && connect != "connect: connected", "{connect}");
+    let resolve = client.ask("resolve localhost").await;
+    assert!(resolve.starts_with("resolve: ") && !resolve.ends_with(" addresses"), "{resolve}");
+    assert!(tokio::time::timeout(Duration::from_millis(200), bait.accept()).await.is_err());
+
+    // The granted wall clock tells the time.
+    let time = client.ask("time").await;
+    let guest_secs: u64 = time.strip_prefix("time: ").and_then(|s| s.parse().ok()).expect(&time);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(guest_secs.abs_diff(now) <= 5, "guest {guest_secs}, host {now}");
+
+    // A call that waits an hour is stopped after 10 × 100 ms.
+    let mut sleeper = LineClient::connect(broker.addr("foreign")).await;
+    sleeper.read_line().await.expect("the guest's first line");
+    let started = std::time::Instant::now();
+    sleeper.send_line("sleep 3600").await;
+    assert!(sleeper.expect_closed().await.is_empty());
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(5), "{waited:?}");
+    broker.wait_counter("foreign", "faults_deadline", 1).await;
+
+    // Everyone else carries on.
+    assert!(client.ask("time").await.starts_with("time: "));
+    let mut echo = LineClient::connect(broker.addr("echo")).await;
+    assert_eq!(echo.ask("ECHO still here").await, "still here");
+    broker.shutdown().await;
+}
+
+/// A component made the preview 1 way (`wasm32-wasip1` and the adapter, as
+/// cargo-component and wasi-libc toolchains make them) imports the
+/// filesystem and the wall clock even though it uses neither. Granted the
+/// clocks, it loads and serves, and messages cross between it and a
+/// `wasm32-wasip2` build of the same guest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview1_adapted_component_serves_when_granted_the_clocks() {
+    let component = sandport_tests::preview1_echo();
+    let output =
+        tokio::process::Command::new(sandport_bin()).arg("check").arg(&component).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("wasi:clocks/wall-clock") && stderr.contains("--clocks"), "{stderr}");
+
+    let config = r#"
+        [[listeners]]
+        name = "adapted"
+        bind = "127.0.0.1:0"
+        protocols = ["adapted"]
+
+        [[listeners]]
+        name = "echo"
+        bind = "127.0.0.1:0"
+        protocols = ["echo"]
+
+        [protocols.adapted]
+        component = "{adapted}"
+        [protocols.adapted.grants]
+        clocks = true
+
+        [protocols.echo]
+        component = "{echo}"
+    "#
+    .replace("{adapted}", &component.display().to_string());
+    let broker = TestBroker::start(&config).await;
+    let mut adapted = LineClient::connect(broker.addr("adapted")).await;
+    assert_eq!(adapted.ask("PING").await, "PONG");
+    assert_eq!(adapted.ask("ECHO made the preview 1 way").await, "made the preview 1 way");
+    assert!(adapted.ask("SUB across/#").await.starts_with("+OK"));
+    let mut echo = LineClient::connect(broker.addr("echo")).await;
+    assert!(echo.ask("SUB across/#").await.starts_with("+OK"));
+    broker.wait_subscriptions(2).await;
+    assert_eq!(echo.ask("PUB across/a from wasip2").await, "+OK 2");
+    assert_eq!(adapted.read_line().await.unwrap(), "MSG across/a from wasip2");
+    assert_eq!(echo.read_line().await.unwrap(), "MSG across/a from wasip2");
+    assert_eq!(adapted.ask("PUB across/b from wasip1").await, "+OK 2");
+    assert_eq!(echo.read_line().await.unwrap(), "MSG across/b from wasip1");
+    assert_eq!(adapted.read_line().await.unwrap(), "MSG across/b from wasip1");
+    broker.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

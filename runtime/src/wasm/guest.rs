@@ -6,6 +6,7 @@
 //! frees its memory and nothing else.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
@@ -45,11 +46,22 @@ impl Fault {
     }
 }
 
+/// A guest granted the clocks may wait on one inside a call, and the epoch
+/// deadline counts only time spent running: such a call is also stopped
+/// when it has taken this many times its deadline in wall time. (Running
+/// calls yield at every tick and may wait that long for a worker on a busy
+/// broker, so the bound is generous.)
+const WAIT_BOUND_FACTOR: u32 = 10;
+
 /// A live guest instance.
 pub struct Guest {
     store: Store<GuestState>,
     world: World,
     deadline_ticks: u32,
+    /// Longest a call may take in wall time, for guests that can wait
+    /// inside a call (granted the clocks); `None` for the rest, which
+    /// cannot.
+    wait_bound: Option<Duration>,
     poisoned: bool,
 }
 
@@ -57,11 +69,31 @@ pub struct Guest {
 macro_rules! call_export {
     ($self:ident . $method:ident ( $($arg:expr),* )) => {{
         let sampled = $self.begin_call()?;
+        let wait_bound = $self.wait_bound;
         let handler = $self.world.sandport_protocol_handler();
-        let call = handler.$method(&mut $self.store, $($arg),*);
-        let (result, cpu) = cpu::guest_time(call, sampled).await;
+        let call = cpu::guest_time(handler.$method(&mut $self.store, $($arg),*), sampled);
+        // A call given up is abandoned; `end_call` poisons the instance.
+        let (result, cpu) = bounded(wait_bound, call, || (Err(waited_too_long()), None)).await;
         $self.end_call(cpu, result)
     }};
+}
+
+/// Await `work`; past `bound`, when there is one, give it up and return
+/// `given_up()` instead.
+async fn bounded<T>(
+    bound: Option<Duration>,
+    work: impl Future<Output = T>,
+    given_up: impl FnOnce() -> T,
+) -> T {
+    match bound {
+        None => work.await,
+        Some(bound) => tokio::time::timeout(bound, work).await.unwrap_or_else(|_| given_up()),
+    }
+}
+
+/// A call past its wall-time bound counts as past its deadline.
+fn waited_too_long() -> wasmtime::Error {
+    wasmtime::Error::new(Trap::Interrupt)
 }
 
 impl Guest {
@@ -72,6 +104,9 @@ impl Guest {
         state: GuestState,
         deadline_ticks: u32,
     ) -> Result<Self, Fault> {
+        let env = &state.env;
+        let wait_bound =
+            env.grants.clocks.then(|| env.limits.call_deadline().saturating_mul(WAIT_BOUND_FACTOR));
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_callback(|mut store| {
@@ -84,7 +119,8 @@ impl Guest {
         });
         store.data_mut().ticks_left = deadline_ticks;
         store.set_epoch_deadline(1);
-        let world = match pre.instantiate_async(&mut store).await {
+        let instantiated = bounded(wait_bound, pre.instantiate_async(&mut store), || Err(waited_too_long()));
+        let world = match instantiated.await {
             Ok(found) => found,
             Err(e) => {
                 let fault = classify(&store, e);
@@ -94,7 +130,7 @@ impl Guest {
                 });
             }
         };
-        Ok(Self { store, world, deadline_ticks, poisoned: false })
+        Ok(Self { store, world, deadline_ticks, wait_bound, poisoned: false })
     }
 
     /// The store data: what the guest asked for, and its connection state.

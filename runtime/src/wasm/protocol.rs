@@ -109,11 +109,19 @@ pub enum LoadError {
     Compile { protocol: String, path: PathBuf, message: String },
     #[error(
         "protocol `{protocol}`: {} imports {}, outside the sandport:protocol world \
-         (guests may import sandport:protocol/host and WASI stdio, environment, exit and random only)",
+         (guests may import sandport:protocol/host and WASI 0.2's cli, io, random, filesystem \
+         and sockets, and its clocks when granted)",
         path.display(),
         imports.join(", ")
     )]
     ForbiddenImport { protocol: String, path: PathBuf, imports: Vec<String> },
+    #[error(
+        "protocol `{protocol}`: {} imports {}, which it may use only when granted: \
+         set `protocols.{protocol}.grants.clocks = true`",
+        path.display(),
+        imports.join(", ")
+    )]
+    UngrantedClocks { protocol: String, path: PathBuf, imports: Vec<String> },
     #[error("protocol `{protocol}`: {} does not export `{}`", path.display(), world::HANDLER_EXPORT)]
     MissingExport { protocol: String, path: PathBuf },
     #[error("protocol `{protocol}`: {} does not fit the sandport:protocol world: {message}", path.display())]
@@ -176,9 +184,13 @@ impl Protocol {
             path: path_buf.clone(),
             message: format!("{e:#}"),
         })?;
-        let forbidden = world::forbidden_imports(engine, &component);
-        if !forbidden.is_empty() {
-            return Err(LoadError::ForbiddenImport { protocol, path: path_buf, imports: forbidden });
+        let imports = world::imports(engine, &component);
+        let refused = world::refused_imports(&imports, &env.grants);
+        if !refused.forbidden.is_empty() {
+            return Err(LoadError::ForbiddenImport { protocol, path: path_buf, imports: refused.forbidden });
+        }
+        if !refused.ungranted.is_empty() {
+            return Err(LoadError::UngrantedClocks { protocol, path: path_buf, imports: refused.ungranted });
         }
         if !world::exports_handler(engine, &component) {
             return Err(LoadError::MissingExport { protocol, path: path_buf });
@@ -204,7 +216,7 @@ impl Protocol {
                 settings: Vec::new(),
             },
             sha256,
-            imports: world::imports(engine, &component),
+            imports,
             engine: engine.clone(),
             pre,
         };

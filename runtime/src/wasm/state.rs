@@ -154,9 +154,17 @@ impl GuestState {
         let budget = env.guest_output_bytes;
         let stdout = GuestOutput::new(env.name.clone(), connection, "stdout", budget);
         let stderr = GuestOutput::new(env.name.clone(), connection, "stderr", budget);
-        // No preopens, no environment, no network: the builder's defaults
-        // deny all socket addresses, and the import check refuses the rest.
-        let wasi = WasiCtx::builder().stdout(stdout).stderr(stderr).build();
+        // No preopened directory, no environment, no stdin, no network:
+        // every socket is refused (the builder's address check also denies
+        // every address) and no name is looked up. The import check refuses
+        // the clocks unless granted.
+        let wasi = WasiCtx::builder()
+            .stdout(stdout)
+            .stderr(stderr)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
         let memory_bytes = env.limits.memory_bytes;
         Self {
             env,

@@ -1,19 +1,27 @@
 //! Which imports a guest component may have.
 //!
-//! The linker could satisfy all of WASI, but a guest holds no ambient
-//! authority: no files, sockets, clocks or HTTP. Components are checked
-//! against this list before anything is instantiated, so a guest that reaches
-//! outside the world is refused at load with the offending import named.
+//! The linker satisfies all of WASI 0.2, but a guest holds no ambient
+//! authority: its context has no preopened directory, no network, an empty
+//! environment and an empty stdin, and its stdout and stderr go to the
+//! broker log. So the WASI interfaces that language runtimes import whether
+//! or not a protocol uses them (C's and Go's libc, Python, JavaScript, Rust
+//! through the preview 1 adapter) are allowed: through them a guest reaches
+//! nothing outside its instance. The clocks are the exception: they are real
+//! and a guest could wait on them, so they are a grant (`grants.clocks`).
+//! Components are checked before anything is instantiated; an import outside
+//! this list, or a clock without the grant, is refused at load and named.
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-/// Interfaces a guest may import, without their `@version` suffix.
+use crate::config::Grants;
+
+/// Interfaces every guest may import, without their `@version` suffix.
 ///
-/// The WASI entries are what Rust's `std` for `wasm32-wasip2` pulls in for
-/// printing, panics and hash-map seeds; none of them grants access to
-/// anything outside the instance (stdin is empty, the environment is empty,
-/// stdout and stderr go to the broker log).
+/// Rust's `std` for `wasm32-wasip2` pulls in the `io`, `cli` and `random`
+/// entries for printing, panics and hash-map seeds; other toolchains also
+/// the filesystem and sockets, which give nothing here (no directory is
+/// preopened, every address is refused, names are not looked up).
 pub const ALLOWED_IMPORTS: &[&str] = &[
     "sandport:protocol/types",
     "sandport:protocol/host",
@@ -33,7 +41,19 @@ pub const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:random/random",
     "wasi:random/insecure",
     "wasi:random/insecure-seed",
+    "wasi:filesystem/types",
+    "wasi:filesystem/preopens",
+    "wasi:sockets/network",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+    "wasi:sockets/ip-name-lookup",
 ];
+
+/// Interfaces a guest may import only with `grants.clocks`.
+pub const CLOCK_IMPORTS: &[&str] = &["wasi:clocks/wall-clock", "wasi:clocks/monotonic-clock"];
 
 /// The interface every guest must export.
 pub const HANDLER_EXPORT: &str = "sandport:protocol/handler";
@@ -48,12 +68,33 @@ pub fn imports(engine: &Engine, component: &Component) -> Vec<String> {
     component.component_type().imports(engine).map(|(name, _)| name.to_string()).collect()
 }
 
-/// The imports of `component` that are not allowed, in order.
-pub fn forbidden_imports(engine: &Engine, component: &Component) -> Vec<String> {
-    imports(engine, component)
-        .into_iter()
-        .filter(|name| !ALLOWED_IMPORTS.contains(&unversioned(name)))
-        .collect()
+/// The imports of a component that it may not have, in order.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RefusedImports {
+    /// Outside what any guest may import.
+    pub forbidden: Vec<String>,
+    /// Clocks, imported without `grants.clocks`.
+    pub ungranted: Vec<String>,
+}
+
+/// Sort `imports` (names as a component lists them) against what a guest
+/// with `grants` may import.
+pub fn refused_imports(imports: &[String], grants: &Grants) -> RefusedImports {
+    let mut refused = RefusedImports::default();
+    for name in imports {
+        let interface = unversioned(name);
+        if ALLOWED_IMPORTS.contains(&interface) {
+            continue;
+        }
+        if CLOCK_IMPORTS.contains(&interface) {
+            if !grants.clocks {
+                refused.ungranted.push(name.clone());
+            }
+            continue;
+        }
+        refused.forbidden.push(name.clone());
+    }
+    refused
 }
 
 /// Whether `component` exports the handler interface (in any 0.x version);
@@ -62,4 +103,32 @@ pub fn exports_handler(engine: &Engine, component: &Component) -> bool {
     let component_type = component.component_type();
     let mut exports = component_type.exports(engine);
     exports.any(|(name, _)| unversioned(name) == HANDLER_EXPORT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|name| name.to_string()).collect()
+    }
+
+    #[test]
+    fn powerless_wasi_is_allowed_and_clocks_need_the_grant() {
+        let imports = names(&[
+            "wasi:filesystem/preopens@0.2.3",
+            "wasi:sockets/tcp@0.2.3",
+            "wasi:clocks/wall-clock@0.2.3",
+            "wasi:http/outgoing-handler@0.2.3",
+            "sandport:protocol/host@0.2.0",
+        ]);
+        let refused = refused_imports(&imports, &Grants::default());
+        assert_eq!(refused.forbidden, names(&["wasi:http/outgoing-handler@0.2.3"]));
+        assert_eq!(refused.ungranted, names(&["wasi:clocks/wall-clock@0.2.3"]));
+
+        let granted = Grants { clocks: true, ..Grants::default() };
+        let refused = refused_imports(&imports, &granted);
+        assert!(refused.ungranted.is_empty());
+        assert_eq!(refused.forbidden.len(), 1);
+    }
 }
