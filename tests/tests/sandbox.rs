@@ -152,6 +152,21 @@ async fn a_publish_batch_over_the_per_call_budget_is_a_violation() {
     misbehaves("batch-long", "faults_violation").await;
 }
 
+/// WASI handles are host memory outside the guest's memory limit: a guest
+/// may hold a few, and one that takes handles without end is stopped at
+/// the cap, long before its call deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_hoarding_wasi_handles_is_stopped_at_the_cap() {
+    let broker = TestBroker::start(CONFIG).await;
+    let mut modest = LineClient::connect(broker.addr("hostile")).await;
+    assert_eq!(modest.ask("handles 100").await, "+OK 100");
+    assert_eq!(modest.ask("handles 100").await, "+OK 100");
+    drop(modest);
+    misbehaves("handles 100000000", "faults_trap").await;
+    assert_eq!(broker.counter("hostile", "faults_trap"), 0);
+    broker.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_that_is_not_utf8_stops_the_guest() {
     misbehaves("bad-utf8", "faults_trap").await;

@@ -25,6 +25,7 @@
 //!                        component model's strings are UTF-8)
 //! bad-utf8-batch         the same as the second message of a batch
 //! forge                  logs and prints text with a newline and terminal escapes in it
+//! handles <n>            takes n WASI stdout handles and never drops them; +OK n if it could
 //! ```
 //!
 //! Framing is the guest's own (lines, in `on-stream`), so its answers can
@@ -112,6 +113,16 @@ fn publish_invalid_utf8_in_batch() {
     host::send(format!("+OK bad utf-8 batch accepted: {} outcomes\n", outcomes.len()).as_bytes());
 }
 
+/// Take `count` handles to stdout from WASI and keep them all: host memory
+/// the guest's own memory limit does not count.
+fn hold_handles(count: usize) {
+    #[cfg(target_arch = "wasm32")]
+    for _ in 0..count {
+        std::mem::forget(wasi::cli::stdout::get_stdout());
+    }
+    host::send(format!("+OK {count}\n").as_bytes());
+}
+
 /// Report a refused host call, or that it was (wrongly) accepted.
 fn answer<T>(what: &str, result: Result<T, sandport_guest::types::HostError>) {
     match result {
@@ -197,6 +208,7 @@ fn command(line: &str) {
             answer("publish", host::publish(message("forbidden/x", b"x")));
             answer("subscribe", host::subscribe("#", wildcard_subscription()));
         }
+        "handles" => hold_handles(rest.parse().unwrap_or(0)),
         "bad-utf8" => publish_invalid_utf8(),
         "bad-utf8-batch" => publish_invalid_utf8_in_batch(),
         "forge" => {
