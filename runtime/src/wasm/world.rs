@@ -3,10 +3,10 @@
 //! The linker satisfies all of WASI 0.2, but a guest holds no ambient
 //! authority: its context has no preopened directory, no network, an empty
 //! environment and an empty stdin, and its stdout and stderr go to the
-//! broker log. So the WASI interfaces that language runtimes import whether
-//! or not a protocol uses them (C's and Go's libc, Python, JavaScript, Rust
-//! through the preview 1 adapter) are allowed: through them a guest reaches
-//! nothing outside its instance. The clocks are the exception: they are real
+//! broker log. So the WASI interfaces that toolchains' runtimes import
+//! whether or not a protocol uses them (the preview 1 adapter that
+//! cargo-component and wasi-libc builds use, for one) are allowed: through
+//! them a guest reaches nothing outside its instance. The clocks are the exception: they are real
 //! and a guest could wait on them, so they are a grant (`grants.clocks`).
 //! Components are checked before anything is instantiated; an import outside
 //! this list, or a clock without the grant, is refused at load and named.
