@@ -6,8 +6,9 @@
 //! broker log. So the WASI interfaces that toolchains' runtimes import
 //! whether or not a protocol uses them (the preview 1 adapter that
 //! cargo-component and wasi-libc builds use, for one) are allowed: through
-//! them a guest reaches nothing outside its instance. The clocks are the exception: they are real
-//! and a guest could wait on them, so they are a grant (`grants.clocks`).
+//! them a guest reaches nothing outside its instance. The clocks are the
+//! exception: they are real and a guest could wait on them, so they are a
+//! grant (`grants.clocks`).
 //! Components are checked before anything is instantiated; an import outside
 //! this list, or a clock without the grant, is refused at load and named.
 
